@@ -1,0 +1,27 @@
+"""The ``payledger`` command line. One place wires the pieces together.
+
+Commands that need a Kafka client, Postgres or a web server import the service
+package that owns that I/O inside the command, so ``ledger`` itself stays free
+of those dependencies and ``payledger --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ledger import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="payledger")
+def main() -> None:
+    """payledger: an event-sourced payment ledger on Kafka."""
+
+
+def _register_groups() -> None:
+    from ledger.infra.commands import infra
+
+    main.add_command(infra)
+
+
+_register_groups()

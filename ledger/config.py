@@ -1,0 +1,130 @@
+"""One typed settings object for every payledger process.
+
+Values come from the environment (prefix ``PAYLEDGER_``), then from a ``.env``
+file in the working directory, then from the defaults below, which describe
+the embedded single-node stack that ``make run`` starts. Invalid values fail at
+start-up, never later; secrets are ``SecretStr`` and never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SignerBackend(str, Enum):
+    """Where the private half of a signing key lives."""
+
+    FILE = "file"
+    PKCS11 = "pkcs11"
+
+
+class Settings(BaseSettings):
+    """payledger configuration. See the README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAYLEDGER_",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # Where local state (Kafka log, Postgres cluster, keys, registry, token) lives.
+    state_dir: Path = Path(".state")
+    # Where downloads and builds are cached (Kafka jars, Go binaries).
+    cache_dir: Path = Path(".cache")
+
+    # Kafka.
+    kafka_version: str = "4.3.1"
+    kafka_host: str = "127.0.0.1"
+    kafka_port: Port = 19092
+    kafka_controller_port: Port = 19093
+    kafka_bootstrap_servers: str | None = None
+    kafka_heap_mb: Annotated[int, Field(ge=128, le=16384)] = 768
+    topic_prefix: Annotated[str, Field(pattern=r"^[a-z0-9._-]{0,40}$")] = "payledger."
+    topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 6
+    topic_replication_factor: Annotated[int, Field(ge=1, le=7)] = 1
+    topic_min_insync_replicas: Annotated[int, Field(ge=1, le=7)] = 1
+
+    # Postgres.
+    postgres_host: str = "127.0.0.1"
+    postgres_port: Port = 15432
+    postgres_db: str = "payledger"
+    postgres_user: str = "payledger"
+    postgres_password: SecretStr = SecretStr("payledger-dev")
+    postgres_dsn: SecretStr | None = None
+
+    # HTTP ingress (also serves the built-in schema registry's read API).
+    http_host: str = "127.0.0.1"
+    http_port: Port = 18080
+
+    # Schema registry: the built-in file-backed one unless an external URL is given.
+    schema_registry_url: str | None = None
+
+    # Signing keys.
+    signer_backend: SignerBackend = SignerBackend.FILE
+    producer_name: Annotated[str, Field(min_length=1, max_length=64)] = "payledger"
+    signing_key_lifetime_s: Annotated[int, Field(ge=60, le=31 * 24 * 3600)] = 7 * 24 * 3600
+    pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    pkcs11_token_label: str = "payledger"
+    pkcs11_user_pin: SecretStr = SecretStr("1234")
+    pkcs11_so_pin: SecretStr = SecretStr("12345678")
+
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError("topic_min_insync_replicas cannot exceed topic_replication_factor")
+        if self.kafka_port == self.kafka_controller_port:
+            raise ValueError("kafka_port and kafka_controller_port must differ")
+        return self
+
+    # Derived values. They are methods, not fields, so they can never disagree
+    # with the fields they come from.
+
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    def dsn(self) -> str:
+        if self.postgres_dsn is not None:
+            return self.postgres_dsn.get_secret_value()
+        password = self.postgres_password.get_secret_value()
+        return (
+            f"postgresql://{self.postgres_user}:{password}@{self.postgres_host}:"
+            f"{self.postgres_port}/{self.postgres_db}"
+        )
+
+    def registry_url(self) -> str:
+        return self.schema_registry_url or f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.state_dir / "registry"
+
+    @property
+    def softhsm_dir(self) -> Path:
+        return self.state_dir / "softhsm"
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return self.softhsm_dir / "softhsm2.conf"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once, at the edge of a process; fails fast on bad input."""
+    return Settings(**overrides)  # type: ignore[arg-type]
