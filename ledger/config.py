@@ -8,7 +8,7 @@ start-up, never later; secrets are ``SecretStr`` and never appear in ``repr``.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class SignerBackend(str, Enum):
+class SignerBackend(StrEnum):
     """Where the private half of a signing key lives."""
 
     FILE = "file"

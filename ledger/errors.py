@@ -18,7 +18,7 @@ records tell the cases apart without parsing messages.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
 class LedgerError(Exception):
@@ -53,11 +53,11 @@ class EncodingError(LedgerError):
     pass
 
 
-class KeyError_(LedgerError):  # noqa: N801 - trailing underscore avoids shadowing the builtin
+class KeyError_(LedgerError):
     pass
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Every way an envelope can fail verification."""
 
     TRUNCATED = "truncated"  # fewer bytes than the wire format or the schema needs
@@ -72,7 +72,7 @@ class Reason(str, Enum):
     BAD_ENDORSEMENT = "bad-endorsement"  # endorsement's root signatures do not verify
 
 
-class InvalidEnvelope(LedgerError):  # noqa: N818 - named like cryptography's InvalidToken
+class InvalidEnvelope(LedgerError):
     """Verification failed. ``reason`` is machine-readable; the message is for people."""
 
     def __init__(self, reason: Reason, detail: str = "") -> None:

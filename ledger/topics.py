@@ -7,12 +7,12 @@ existing topic whose settings differ; nothing here talks to Kafka.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ledger.config import Settings
 
 
-class TopicRole(str, Enum):
+class TopicRole(StrEnum):
     COMMANDS = "commands"
     PROVIDER_EVENTS = "provider-events"
     PAYMENT_EVENTS = "payment-events"

@@ -1,0 +1,383 @@
+"""The event envelope and its payloads, as frozen values.
+
+Every payledger event is one ``Envelope``. Its ``payload`` is one of the
+payload types below; each maps one-to-one onto the Avro record of the same
+name in ``schemas/``. Money is an integer in minor units plus an ISO 4217
+code, never a float. Timestamps are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from uuid_utils import uuid7
+
+from ledger import limits
+from ledger.errors import EncodingError
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_LONG_MAX = 2**63 - 1
+
+
+class Provider(StrEnum):
+    STRIPE = "STRIPE"
+    PAYPAL = "PAYPAL"
+    COINBASE = "COINBASE"
+
+
+class CommandKind(StrEnum):
+    CREATE = "CREATE"
+    CAPTURE = "CAPTURE"
+    CANCEL = "CANCEL"
+    REFUND = "REFUND"
+
+
+class CaptureMethod(StrEnum):
+    AUTOMATIC = "AUTOMATIC"
+    MANUAL = "MANUAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount_minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount_minor, int) or isinstance(self.amount_minor, bool):
+            raise EncodingError("amount_minor must be an integer number of minor units")
+        if not -_LONG_MAX <= self.amount_minor <= _LONG_MAX:
+            raise EncodingError("amount_minor is outside the 64-bit range")
+        if not _CURRENCY.match(self.currency):
+            raise EncodingError(f"currency must be an ISO 4217 code, got {self.currency!r}")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {"amount_minor": self.amount_minor, "currency": self.currency}
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Money:
+        return cls(amount_minor=record["amount_minor"], currency=record["currency"])
+
+
+@dataclass(frozen=True, slots=True)
+class SealedData:
+    customer_ref: str
+    data_key_id: str
+    algorithm: str
+    nonce: bytes
+    ciphertext: bytes
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "customer_ref": self.customer_ref,
+            "data_key_id": self.data_key_id,
+            "algorithm": self.algorithm,
+            "nonce": self.nonce,
+            "ciphertext": self.ciphertext,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> SealedData:
+        return cls(**record)
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    if len(metadata) > limits.METADATA_ENTRIES_MAX:
+        raise EncodingError(f"metadata has more than {limits.METADATA_ENTRIES_MAX} entries")
+    for key, value in metadata.items():
+        if len(key) > limits.METADATA_KEY_CHARS_MAX:
+            raise EncodingError(f"metadata key longer than {limits.METADATA_KEY_CHARS_MAX} chars")
+        if len(value) > limits.METADATA_VALUE_CHARS_MAX:
+            raise EncodingError(
+                f"metadata value longer than {limits.METADATA_VALUE_CHARS_MAX} chars"
+            )
+
+
+def _optional(value: Any, convert: Any) -> Any:
+    return None if value is None else convert(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCommand:
+    AVRO_NAME = "io.payledger.PaymentCommand"
+
+    command: CommandKind
+    merchant_id: str
+    idempotency_key: str
+    provider: Provider | None = None
+    amount: Money | None = None
+    capture_method: CaptureMethod | None = None
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    customer: SealedData | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_metadata(self.metadata)
+        if self.description is not None and len(self.description) > limits.DESCRIPTION_CHARS_MAX:
+            raise EncodingError(f"description longer than {limits.DESCRIPTION_CHARS_MAX} chars")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "command": self.command.value,
+            "merchant_id": self.merchant_id,
+            "provider": _optional(self.provider, lambda p: p.value),
+            "amount": _optional(self.amount, Money.to_avro),
+            "capture_method": _optional(self.capture_method, lambda c: c.value),
+            "description": self.description,
+            "metadata": dict(self.metadata),
+            "customer": _optional(self.customer, SealedData.to_avro),
+            "idempotency_key": self.idempotency_key,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> PaymentCommand:
+        return cls(
+            command=CommandKind(record["command"]),
+            merchant_id=record["merchant_id"],
+            provider=_optional(record["provider"], Provider),
+            amount=_optional(record["amount"], Money.from_avro),
+            capture_method=_optional(record["capture_method"], CaptureMethod),
+            description=record["description"],
+            metadata=record["metadata"],
+            customer=_optional(record["customer"], SealedData.from_avro),
+            idempotency_key=record["idempotency_key"],
+            reason=record["reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    AVRO_NAME = "io.payledger.ProviderEvent"
+
+    provider: Provider
+    provider_event_id: str
+    provider_event_type: str
+    received_at: datetime
+    body_sha256: bytes
+    provider_object_id: str | None = None
+    status: str | None = None
+    amount: Money | None = None
+    fee: Money | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.body_sha256) != 32:
+            raise EncodingError("body_sha256 must be 32 bytes")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider.value,
+            "provider_event_id": self.provider_event_id,
+            "provider_event_type": self.provider_event_type,
+            "provider_object_id": self.provider_object_id,
+            "received_at": self.received_at,
+            "body_sha256": self.body_sha256,
+            "status": self.status,
+            "amount": _optional(self.amount, Money.to_avro),
+            "fee": _optional(self.fee, Money.to_avro),
+            "fields": dict(self.fields),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> ProviderEvent:
+        return cls(
+            provider=Provider(record["provider"]),
+            provider_event_id=record["provider_event_id"],
+            provider_event_type=record["provider_event_type"],
+            provider_object_id=record["provider_object_id"],
+            received_at=record["received_at"],
+            body_sha256=record["body_sha256"],
+            status=record["status"],
+            amount=_optional(record["amount"], Money.from_avro),
+            fee=_optional(record["fee"], Money.from_avro),
+            fields=record["fields"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFact:
+    AVRO_NAME = "io.payledger.AuditFact"
+
+    fact_type: str
+    actor: str
+    subject: str
+    reason: str | None = None
+    digest: bytes | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.digest is not None and len(self.digest) != 32:
+            raise EncodingError("digest must be a 32-byte SHA-256")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "fact_type": self.fact_type,
+            "actor": self.actor,
+            "subject": self.subject,
+            "reason": self.reason,
+            "digest": self.digest,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> AuditFact:
+        return cls(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEndorsement:
+    AVRO_NAME = "io.payledger.KeyEndorsement"
+
+    key_id: str
+    algorithm: str
+    public_key: bytes
+    purpose: str
+    not_before: datetime
+    not_after: datetime
+    root_key_id: str
+    root_ed25519_public_key: bytes
+    root_mldsa65_public_key: bytes
+    root_ed25519_signature: bytes = b""
+    root_mldsa65_signature: bytes = b""
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "algorithm": self.algorithm,
+            "public_key": self.public_key,
+            "purpose": self.purpose,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "root_key_id": self.root_key_id,
+            "root_ed25519_public_key": self.root_ed25519_public_key,
+            "root_mldsa65_public_key": self.root_mldsa65_public_key,
+            "root_ed25519_signature": self.root_ed25519_signature,
+            "root_mldsa65_signature": self.root_mldsa65_signature,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> KeyEndorsement:
+        return cls(**record)
+
+
+Payload = PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement
+PAYLOAD_TYPES: dict[str, type[PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement]] = {
+    t.AVRO_NAME: t for t in (PaymentCommand, ProviderEvent, AuditFact, KeyEndorsement)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One signed event. Build unsigned ones with ``new_envelope``; the codec signs."""
+
+    event_id: str
+    event_type: str
+    aggregate_id: str
+    sequence: int
+    occurred_at: datetime
+    recorded_at: datetime
+    producer: str
+    correlation_id: str
+    payload: Payload
+    causation_id: str | None = None
+    schema_version: int = 1
+    signing_key_id: str = ""
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.aggregate_id) <= limits.AGGREGATE_ID_CHARS_MAX:
+            raise EncodingError("aggregate_id must be 1 to 64 characters")
+        if not 0 < len(self.event_type) <= limits.EVENT_TYPE_CHARS_MAX:
+            raise EncodingError("event_type must be 1 to 128 characters")
+        if self.sequence < 1:
+            raise EncodingError("sequence numbers start at 1")
+        if self.occurred_at.tzinfo is None or self.recorded_at.tzinfo is None:
+            raise EncodingError("timestamps must be timezone-aware")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "aggregate_id": self.aggregate_id,
+            "sequence": self.sequence,
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at,
+            "producer": self.producer,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            # The (name, value) tuple names the union branch explicitly, so
+            # fastavro never has to guess which payload record this is.
+            "payload": (self.payload.AVRO_NAME, self.payload.to_avro()),
+            "signing_key_id": self.signing_key_id,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Envelope:
+        payload_name, payload_record = record["payload"]
+        payload_type = PAYLOAD_TYPES.get(payload_name)
+        if payload_type is None:
+            raise EncodingError(f"unknown payload type {payload_name}")
+        return cls(
+            event_id=str(record["event_id"]),
+            event_type=record["event_type"],
+            schema_version=record["schema_version"],
+            aggregate_id=record["aggregate_id"],
+            sequence=record["sequence"],
+            occurred_at=record["occurred_at"],
+            recorded_at=record["recorded_at"],
+            producer=record["producer"],
+            correlation_id=record["correlation_id"],
+            causation_id=record["causation_id"],
+            payload=payload_type.from_avro(payload_record),
+            signing_key_id=record["signing_key_id"],
+            signature=record["signature"],
+        )
+
+    def signed_by(self, key_id: str, signature: bytes) -> Envelope:
+        return replace(self, signing_key_id=key_id, signature=signature)
+
+
+def new_event_id() -> str:
+    """A UUIDv7: time-ordered, so ids sort roughly by creation."""
+    return str(uuid7())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_envelope(
+    *,
+    event_type: str,
+    aggregate_id: str,
+    sequence: int,
+    producer: str,
+    payload: Payload,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    occurred_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Envelope:
+    """An unsigned envelope with a fresh event id; ``now`` is injectable for tests."""
+    recorded_at = now or utc_now()
+    event_id = new_event_id()
+    return Envelope(
+        event_id=event_id,
+        event_type=event_type,
+        aggregate_id=aggregate_id,
+        sequence=sequence,
+        occurred_at=occurred_at or recorded_at,
+        recorded_at=recorded_at,
+        producer=producer,
+        correlation_id=correlation_id or event_id,
+        causation_id=causation_id,
+        payload=payload,
+    )
