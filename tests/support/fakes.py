@@ -44,6 +44,9 @@ class MemoryRegistry:
             raise UnknownSchemaError(subject)
         return list(range(1, len(self._subjects[subject]) + 1))
 
+    def close(self) -> None:
+        pass
+
     def get_version(self, subject: str, version: int | Literal["latest"]) -> RegisteredSchema:
         ids = self._subjects.get(subject)
         if not ids:
