@@ -19,9 +19,14 @@ def main() -> None:
 
 
 def _register_groups() -> None:
+    from ledger.commands import keys, run
     from ledger.infra.commands import infra
+    from streams.commands import topics
 
+    main.add_command(run)
+    main.add_command(keys)
     main.add_command(infra)
+    main.add_command(topics)
 
 
 _register_groups()

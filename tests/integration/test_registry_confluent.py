@@ -12,8 +12,6 @@ import io
 import json
 import socket
 import struct
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +20,6 @@ from typing import Any
 
 import fastavro
 import pytest
-import uvicorn
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -31,6 +28,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from ingress.registry_api import create_registry_app
 from ledger.errors import SchemaError, UnknownSchemaError
 from ledger.registry import FileSchemaRegistry, HttpSchemaRegistry, value_subject
+from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -86,34 +84,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Real uvicorn on a free port, in a thread, over a FileSchemaRegistry."""
     directory = tmp_path_factory.mktemp("registry")
     registry = FileSchemaRegistry(directory)
-    config = uvicorn.Config(
-        create_registry_app(registry),
-        log_level="warning",
-        lifespan="off",
-        ws="none",  # no websockets: nothing to import, nothing to warn about
-        http="h11",
-    )
-    instance = uvicorn.Server(config)
-    # Bound here, not by uvicorn: port 0 gets a free port with no window for another
-    # process to take it between choosing and binding.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not instance.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start")
-            time.sleep(0.01)
-        yield Server(f"http://127.0.0.1:{port}", registry, directory)
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_in_thread(create_registry_app(registry)) as url:
+        yield Server(url, registry, directory)
 
 
 @pytest.fixture

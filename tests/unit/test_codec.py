@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -169,8 +170,7 @@ def test_oversize_record_is_refused_both_ways(codec, store, verifier) -> None:
     with pytest.raises(InvalidEnvelope) as caught:
         verifier.open(b"\x00" * (limits.ENVELOPE_BYTES_MAX + 1))
     assert caught.value.reason is Reason.TOO_LARGE
-    huge = events.create_command()
-    huge = type(huge)(**{**{f: getattr(huge, f) for f in huge.__dataclass_fields__}, "producer": "p" * limits.ENVELOPE_BYTES_MAX})
+    huge = replace(events.create_command(), producer="p" * limits.ENVELOPE_BYTES_MAX)
     with pytest.raises(EncodingError):
         codec.encode(huge, store.active_key().signer, TOPIC)
 

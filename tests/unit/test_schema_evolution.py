@@ -35,7 +35,7 @@ def evolution_problems(directory: Path) -> list[str]:
             buffer.seek(0)
             try:
                 fastavro.schemaless_reader(buffer, old.parsed, new.parsed)
-            except Exception as error:  # noqa: BLE001 - any failure to read is a break
+            except Exception as error:
                 found.append(f"v{old.version} -> v{new.version}: data: {error!r}")
                 break
     return found
@@ -72,7 +72,9 @@ def _field(document: dict, name: str) -> dict:
 def test_adding_an_optional_field_is_compatible(tmp_path: Path) -> None:
     def edit(name: str, document: dict) -> None:
         if name == "io.payledger.AuditFact":
-            document["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None})
+            document["fields"].append(
+                {"name": "ticket", "type": ["null", "string"], "default": None}
+            )
 
     assert evolution_problems(_evolve(tmp_path, edit)) == []
 
@@ -81,7 +83,11 @@ def test_adding_a_payload_type_is_compatible(tmp_path: Path) -> None:
     def edit(name: str, document: dict) -> None:
         if name == "io.payledger.Envelope":
             _field(document, "payload")["type"].append(
-                {"type": "record", "name": "Checkpoint", "fields": [{"name": "size", "type": "long"}]}
+                {
+                    "type": "record",
+                    "name": "Checkpoint",
+                    "fields": [{"name": "size", "type": "long"}],
+                }
             )
 
     assert evolution_problems(_evolve(tmp_path, edit)) == []
@@ -92,13 +98,16 @@ def test_adding_a_payload_type_is_compatible(tmp_path: Path) -> None:
     [
         (
             "required field added",
-            lambda name, doc: name == "io.payledger.Money"
-            and doc["fields"].append({"name": "scale", "type": "int"}),
+            lambda name, doc: (
+                name == "io.payledger.Money"
+                and doc["fields"].append({"name": "scale", "type": "int"})
+            ),
         ),
         (
             "long narrowed to int",
-            lambda name, doc: name == "io.payledger.Money"
-            and _field(doc, "amount_minor").update(type="int"),
+            lambda name, doc: (
+                name == "io.payledger.Money" and _field(doc, "amount_minor").update(type="int")
+            ),
         ),
         (
             "enum symbol removed",
@@ -106,13 +115,17 @@ def test_adding_a_payload_type_is_compatible(tmp_path: Path) -> None:
         ),
         (
             "payload type removed",
-            lambda name, doc: name == "io.payledger.Envelope"
-            and _field(doc, "payload")["type"].remove("io.payledger.AuditFact"),
+            lambda name, doc: (
+                name == "io.payledger.Envelope"
+                and _field(doc, "payload")["type"].remove("io.payledger.AuditFact")
+            ),
         ),
         (
             "string changed to long",
-            lambda name, doc: name == "io.payledger.ProviderEvent"
-            and _field(doc, "provider_event_id").update(type="long"),
+            lambda name, doc: (
+                name == "io.payledger.ProviderEvent"
+                and _field(doc, "provider_event_id").update(type="long")
+            ),
         ),
         (
             "fixed size changed",

@@ -31,7 +31,10 @@ def verifier() -> Verifier:
 
 def test_root_is_derived_from_the_seeds() -> None:
     root = trusted_root_from_json(VECTORS["root"])
-    assert root.ed25519_public_key == FileSigner(bytes.fromhex(VECTORS["root_ed25519_seed"])).public_key
+    assert (
+        root.ed25519_public_key
+        == FileSigner(bytes.fromhex(VECTORS["root_ed25519_seed"])).public_key
+    )
     verify_endorsement(endorsement_from_json(VECTORS["endorsement"]), root)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,7 +111,9 @@ def main() -> None:
         FileSigner(ROOT_ED25519_SEED), mldsa.MLDSA65PrivateKey.from_seed_bytes(ROOT_MLDSA65_SEED)
     )
     event_key = FileSigner(EVENT_KEY_SEED)
-    endorsement = root.endorse(event_key, not_before=T0 - timedelta(days=1), lifetime=timedelta(days=30))
+    endorsement = root.endorse(
+        event_key, not_before=T0 - timedelta(days=1), lifetime=timedelta(days=30)
+    )
     codec = EnvelopeCodec(MemoryRegistry())
     valid = []
     for description, envelope in envelopes():
@@ -144,12 +145,9 @@ def main() -> None:
         "root": trusted_root_to_json(root.trusted),
         "endorsement": endorsement_to_json(endorsement),
         "valid": valid,
-        "invalid": [
-            {"description": d, "wire": w.hex(), "reason": r} for d, w, r in invalid
-        ],
+        "invalid": [{"description": d, "wire": w.hex(), "reason": r} for d, w, r in invalid],
     }
     PATH.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-
 
 
 if __name__ == "__main__":

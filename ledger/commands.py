@@ -1,0 +1,154 @@
+"""``payledger run`` (the embedded stack in the foreground) and ``payledger keys``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+
+import click
+
+from ledger.config import Settings, load_settings
+from ledger.errors import LedgerError
+from ledger.keystore import KeyStore, endorsement_to_json, trusted_root_to_json
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        raise click.ClickException(f"invalid configuration: {error}") from error
+
+
+def _tcp_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+async def _publish_active_endorsement(settings: Settings) -> str:
+    """Start a publisher once: it publishes the active key's endorsement on the keys topic."""
+    from ledger.codec import EnvelopeCodec
+    from ledger.keystore import ActiveSigner
+    from ledger.registry import open_registry
+    from streams.publisher import Publisher
+
+    store = KeyStore(settings)
+    registry = open_registry(settings)
+    signer = ActiveSigner(store)
+    try:
+        async with Publisher(settings, EnvelopeCodec(registry), signer, source="/payledger/keys"):
+            return signer.endorsement().key_id
+    finally:
+        registry.close()
+        store.close()
+
+
+def _provision(settings: Settings) -> None:
+    from streams.provision import provision_topics
+
+    report = asyncio.run(provision_topics(settings))
+    if not report.ok:
+        problems = "\n".join(f"  {mismatch}" for mismatch in report.mismatches)
+        raise click.ClickException(f"topics differ from their specs:\n{problems}")
+
+
+@click.command()
+def run() -> None:
+    """Start the embedded stack in the foreground; Ctrl-C stops everything.
+
+    Kafka, Postgres and the SoftHSM2 token come up first; then the topics are
+    provisioned, the signing keys made (once) and the active key's
+    endorsement published; then the HTTP ingress starts.
+    """
+    from ledger.infra.supervisor import Supervisor
+
+    settings = _settings()
+    try:
+        with Supervisor(settings) as supervisor:
+            supervisor.start_infra()
+            supervisor.log("run", "provisioning topics")
+            _provision(settings)
+            key_id = asyncio.run(_publish_active_endorsement(settings))
+            root = KeyStore(settings).trusted_root()
+            supervisor.log("run", f"root key {root.key_id}; event key {key_id} endorsed")
+            supervisor.add_process(
+                "http",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "ingress.app:create_app",
+                    "--host",
+                    settings.http_host,
+                    "--port",
+                    str(settings.http_port),
+                    "--no-access-log",
+                ],
+                ready=lambda: _tcp_answers(settings.http_host, settings.http_port),
+            )
+            supervisor.log(
+                "run",
+                f"ready: schema registry at {settings.registry_url()}, "
+                f"Kafka at {settings.bootstrap_servers()}; Ctrl-C stops everything",
+            )
+            code = supervisor.wait()
+    except LedgerError as error:
+        raise click.ClickException(str(error)) from error
+    sys.exit(code)
+
+
+@click.group()
+def keys() -> None:
+    """Signing keys: the root auditors pin, and endorsed event-signing keys."""
+
+
+@keys.command("init")
+def keys_init() -> None:
+    """Create the root key and an endorsed event-signing key, once; print the root."""
+    store = KeyStore(_settings())
+    try:
+        active = store.active_key()
+        click.echo(json.dumps(trusted_root_to_json(store.trusted_root()), indent=2))
+        click.echo(
+            f"event key {active.endorsement.key_id} valid until {active.endorsement.not_after}"
+        )
+    except LedgerError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        store.close()
+
+
+@keys.command("root")
+def keys_root() -> None:
+    """Print the trusted root (public keys and fingerprint) for auditors to pin."""
+    store = KeyStore(_settings())
+    try:
+        click.echo(json.dumps(trusted_root_to_json(store.trusted_root()), indent=2))
+    finally:
+        store.close()
+
+
+@keys.command("endorsements")
+def keys_endorsements() -> None:
+    """Print every endorsement this node has made, oldest first, as JSON lines."""
+    store = KeyStore(_settings())
+    try:
+        for endorsement in store.endorsements():
+            click.echo(json.dumps(endorsement_to_json(endorsement)))
+    finally:
+        store.close()
+
+
+@keys.command("publish")
+def keys_publish() -> None:
+    """Publish the active key's endorsement on the keys topic (idempotent)."""
+    try:
+        key_id = asyncio.run(_publish_active_endorsement(_settings()))
+    except LedgerError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"published endorsement of {key_id}")
