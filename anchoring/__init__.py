@@ -1,0 +1,1 @@
+"""Merkle log, checkpoints, IPFS and Bitcoin publication."""

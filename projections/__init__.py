@@ -1,0 +1,1 @@
+"""Postgres read models: SQL migrations, appliers, rebuild."""
