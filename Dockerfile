@@ -8,6 +8,7 @@ COPY streams streams
 COPY ingress ingress
 COPY projections projections
 COPY anchoring anchoring
-RUN pip install --no-cache-dir .
+# Editable, so ledger finds schemas/ beside it at /app/schemas.
+RUN pip install --no-cache-dir -e .
 USER nobody
 EXPOSE 8080

@@ -27,6 +27,12 @@ def test_traceparent_parsing() -> None:
     assert parsed is not None and parsed.header().decode() == good
     child = parsed.child()
     assert child.trace_id == parsed.trace_id and child.span_id != parsed.span_id
-    for bad in (None, "", "garbage", good.upper(), "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01"):
+    for bad in (
+        None,
+        "",
+        "garbage",
+        good.upper(),
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+    ):
         assert TraceContext.parse(bad) is None
