@@ -9,7 +9,7 @@ record for the same six headers, so they are built here directly.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from dataclasses import dataclass
 from datetime import UTC
@@ -22,6 +22,12 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 Headers = list[tuple[str, bytes]]
 
+_random = random.Random()  # noqa: S311 - ids need uniqueness, not secrecy
+
+
+def _span_id() -> str:
+    return f"{_random.getrandbits(64) or 1:016x}"
+
 
 @dataclass(frozen=True, slots=True)
 class TraceContext:
@@ -33,7 +39,8 @@ class TraceContext:
 
     @classmethod
     def new(cls) -> TraceContext:
-        return cls(os.urandom(16).hex(), os.urandom(8).hex())
+        # Trace ids must be unique, not secret: a PRNG avoids a system call per record.
+        return cls(f"{_random.getrandbits(128):032x}", _span_id())
 
     @classmethod
     def parse(cls, header: str | bytes | None) -> TraceContext | None:
@@ -48,7 +55,7 @@ class TraceContext:
 
     def child(self) -> TraceContext:
         """A new span in the same trace, for the record this process emits."""
-        return TraceContext(self.trace_id, os.urandom(8).hex(), self.flags)
+        return TraceContext(self.trace_id, _span_id(), self.flags)
 
     def header(self) -> bytes:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}".encode("ascii")

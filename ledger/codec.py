@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fastavro
@@ -50,6 +50,17 @@ class WriterSchema:
     schema_id: int
     parsed: Any
     fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An encoded, not yet signed envelope and the exact bytes to sign."""
+
+    envelope: Envelope
+    key_id: str
+    schema_id: int
+    body: bytes = field(repr=False)
+    message: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,23 +102,45 @@ class EnvelopeCodec:
 
     def encode(self, envelope: Envelope, signer: Signer, topic: str) -> tuple[Envelope, bytes]:
         """Sign and encode; returns the signed envelope and its wire bytes."""
+        prepared = self.prepare(envelope, signer.key_id, topic)
+        return self.seal(prepared, signer.sign(prepared.message))
+
+    def prepare(self, envelope: Envelope, key_id: str, topic: str) -> Prepared:
+        """Encode once and return the bytes to sign; ``seal`` adds the signature.
+
+        Split in two so a caller can sign many prepared records elsewhere (a
+        worker thread, an HSM session) while it prepares the next ones.
+        """
         schema_id = self.schema_id(topic)
-        unsigned = envelope.signed_by(signer.key_id, b"")
+        record = envelope.to_avro()
+        record["signing_key_id"] = key_id
+        record["signature"] = b""
         buffer = io.BytesIO()
         try:
-            fastavro.schemaless_writer(buffer, self._schema.parsed, unsigned.to_avro())
+            fastavro.schemaless_writer(buffer, self._schema.parsed, record)
         except (ValueError, TypeError, KeyError, OverflowError) as error:
             raise EncodingError(f"envelope does not fit the schema: {error}") from error
         body = buffer.getvalue()
         # Programmer error, not input error: the schema invariant guarantees it.
         assert body[-1:] == _EMPTY_BYTES, "signature must be the last envelope field"
-        signature = signer.sign(SIGNING_CONTEXT + self._schema.fingerprint + body)
+        if len(body) + HEADER.size + 66 > limits.ENVELOPE_BYTES_MAX:
+            raise EncodingError(f"envelope is over {limits.ENVELOPE_BYTES_MAX} bytes")
+        message = SIGNING_CONTEXT + self._schema.fingerprint + body
+        return Prepared(envelope, key_id, schema_id, body, message)
+
+    def seal(self, prepared: Prepared, signature: bytes) -> tuple[Envelope, bytes]:
+        """The signed envelope and its wire bytes."""
         wire = b"".join(
-            (HEADER.pack(MAGIC, schema_id), body[:-1], _avro_length(len(signature)), signature)
+            (
+                HEADER.pack(MAGIC, prepared.schema_id),
+                prepared.body[:-1],
+                _avro_length(len(signature)),
+                signature,
+            )
         )
         if len(wire) > limits.ENVELOPE_BYTES_MAX:
             raise EncodingError(f"envelope is {len(wire)} bytes, over {limits.ENVELOPE_BYTES_MAX}")
-        return unsigned.signed_by(signer.key_id, signature), wire
+        return prepared.envelope.signed_by(prepared.key_id, signature), wire
 
     # Decoding ---------------------------------------------------------------
 

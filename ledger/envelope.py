@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -342,7 +342,23 @@ class Envelope:
         )
 
     def signed_by(self, key_id: str, signature: bytes) -> Envelope:
-        return replace(self, signing_key_id=key_id, signature=signature)
+        """A copy with the signature fields set.
+
+        Every other field was validated when this envelope was built, so the
+        copy skips ``__init__``; ``dataclasses.replace`` would validate again
+        and cost as much as the Ed25519 signature itself on the hot path.
+        """
+        signed = object.__new__(Envelope)
+        for name in _ENVELOPE_FIELDS:
+            object.__setattr__(signed, name, getattr(self, name))
+        object.__setattr__(signed, "signing_key_id", key_id)
+        object.__setattr__(signed, "signature", signature)
+        return signed
+
+
+_ENVELOPE_FIELDS = tuple(
+    name for name in Envelope.__dataclass_fields__ if name not in ("signing_key_id", "signature")
+)
 
 
 def new_event_id() -> str:

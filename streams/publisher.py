@@ -26,6 +26,7 @@ from ledger.config import Settings
 from ledger.endorsements import endorsement_envelope
 from ledger.envelope import Envelope, KeyEndorsement
 from ledger.keystore import ActiveSigner
+from ledger.signing import Signer
 from ledger.topics import TopicRole, topic_name
 
 PRODUCER_REQUEST_TIMEOUT_MS = 30_000
@@ -124,11 +125,14 @@ class Publisher:
             dataschema=f"{self._registry_url}/schemas/ids/{schema_id}",
         )
 
-    async def _sign(self, topic: str, envelope: Envelope) -> tuple[Envelope, bytes]:
+    async def _current_signer(self) -> Signer:
         signer, new_endorsement = self._signer.current()
         if new_endorsement is not None:
             await self._publish_endorsement(new_endorsement)
-        return self._codec.encode(envelope, signer, topic)
+        return signer
+
+    async def _sign(self, topic: str, envelope: Envelope) -> tuple[Envelope, bytes]:
+        return self._codec.encode(envelope, await self._current_signer(), topic)
 
     async def send(
         self, topic: str, envelope: Envelope, trace: TraceContext | None = None
@@ -159,19 +163,29 @@ class Publisher:
     async def publish_many(
         self, topic: str, envelopes: Sequence[Envelope], trace: TraceContext | None = None
     ) -> list[Published]:
-        """Sign and produce a batch, pipelined, and wait for every acknowledgement."""
-        signed_records = [await self._sign(topic, envelope) for envelope in envelopes]
-        futures = [
-            await self._producer.send(
-                topic,
-                wire,
-                key=signed.aggregate_id.encode(),
-                headers=self._headers(signed, trace or TraceContext.new(), topic),
+        """Sign and produce a batch, pipelined, and wait for every acknowledgement.
+
+        Records are handed to the producer as they are signed and acknowledged
+        together at the end; one key signs the whole batch.
+        """
+        signer = await self._current_signer()
+        trace = trace or TraceContext.new()
+        acks: list[asyncio.Future[Any]] = []
+        sealed: list[Envelope] = []
+        for envelope in envelopes:
+            prepared = self._codec.prepare(envelope, signer.key_id, topic)
+            signed, wire = self._codec.seal(prepared, signer.sign(prepared.message))
+            sealed.append(signed)
+            acks.append(
+                await self._producer.send(
+                    topic,
+                    wire,
+                    key=signed.aggregate_id.encode(),
+                    headers=self._headers(signed, trace.child(), topic),
+                )
             )
-            for signed, wire in signed_records
-        ]
-        results = await asyncio.gather(*futures)
+        results = await asyncio.gather(*acks)
         return [
-            Published(signed, metadata.topic, metadata.partition, metadata.offset)
-            for (signed, _), metadata in zip(signed_records, results, strict=True)
+            Published(envelope, metadata.topic, metadata.partition, metadata.offset)
+            for envelope, metadata in zip(sealed, results, strict=True)
         ]

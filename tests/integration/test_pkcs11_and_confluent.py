@@ -126,9 +126,7 @@ async def test_confluent_avro_deserializer_reads_our_topic(settings, hsm_publish
                 if message is not None and message.error() is None:
                     break
             assert message is not None and message.error() is None
-            value = deserializer(
-                message.value(), SerializationContext(topic, MessageField.VALUE)
-            )
+            value = deserializer(message.value(), SerializationContext(topic, MessageField.VALUE))
         finally:
             consumer.close()
             client.close()
