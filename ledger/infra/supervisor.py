@@ -112,6 +112,7 @@ class Supervisor:
         self._colour = self._out.isatty() and "NO_COLOR" not in os.environ
         self._lock = threading.Lock()
         self._children: list[_Child] = []
+        self._out_broken = False
         self._previous_sigterm: _Handler = signal.SIG_DFL
         self._handling_sigterm = False
 
@@ -145,8 +146,16 @@ class Supervisor:
             colour = _COLOURS[sum(name.encode()) % len(_COLOURS)]
             prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
         with self._lock:
-            self._out.write(f"{prefix} {line}\n")
-            self._out.flush()
+            if self._out_broken:
+                return
+            try:
+                self._out.write(f"{prefix} {line}\n")
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # The terminal or pipe reading us went away (`make run | tee`
+                # interrupted). Keep supervising and stopping the children;
+                # every line still reaches the per-process log files.
+                self._out_broken = True
 
     def _pump(self, name: str, stream: IO[bytes], log: IO[str]) -> None:
         try:

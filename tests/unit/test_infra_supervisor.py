@@ -128,3 +128,20 @@ def test_settings_env_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert Settings() == original
+
+
+def test_a_closed_output_does_not_stop_supervision(tmp_path) -> None:
+    """`make run | tee` interrupted: writing to the terminal fails, supervision goes on."""
+    import io
+
+    from ledger.config import Settings
+    from ledger.infra.supervisor import Supervisor
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    supervisor = Supervisor(Settings(state_dir=tmp_path), out=Gone())
+    supervisor.log("run", "first line")  # must not raise
+    supervisor.log("run", "second line")
+    assert supervisor._out_broken
