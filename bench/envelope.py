@@ -153,11 +153,11 @@ def bench_codec(settings: Settings, count: int) -> tuple[list[bytes], float]:
 
 
 async def _produce_ours(settings: Settings, topic: str, count: int, batch: int) -> float:
-    from streams.publisher import Publisher
+    from streams.publisher import kafka_publisher
 
     store = KeyStore(settings)
     registry = FileSchemaRegistry(settings.registry_dir)
-    publisher = Publisher(
+    publisher = kafka_publisher(
         settings, EnvelopeCodec(registry), ActiveSigner(store), source="/payledger/bench"
     )
     envelopes = sample_envelopes(count)

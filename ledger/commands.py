@@ -34,13 +34,15 @@ async def _publish_active_endorsement(settings: Settings) -> str:
     from ledger.codec import EnvelopeCodec
     from ledger.keystore import ActiveSigner
     from ledger.registry import open_registry
-    from streams.publisher import Publisher
+    from streams.publisher import kafka_publisher
 
     store = KeyStore(settings)
     registry = open_registry(settings)
     signer = ActiveSigner(store)
     try:
-        async with Publisher(settings, EnvelopeCodec(registry), signer, source="/payledger/keys"):
+        async with kafka_publisher(
+            settings, EnvelopeCodec(registry), signer, source="/payledger/keys"
+        ):
             return signer.endorsement().key_id
     finally:
         registry.close()

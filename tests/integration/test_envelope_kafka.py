@@ -25,7 +25,7 @@ from ledger.signing import FileSigner
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from streams.provision import provision_topics
-from streams.publisher import Publisher
+from streams.publisher import Publisher, kafka_publisher
 from tests.support import events
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def registry(settings: Settings) -> FileSchemaRegistry:
 async def publisher(
     settings: Settings, store: KeyStore, registry: FileSchemaRegistry
 ) -> AsyncIterator[Publisher]:
-    publisher = Publisher(
+    publisher = kafka_publisher(
         settings,
         EnvelopeCodec(registry),
         ActiveSigner(store),
@@ -184,7 +184,9 @@ async def test_a_record_signed_by_an_unendorsed_key_fails(
 async def test_a_forged_endorsement_on_the_keys_topic_is_refused(settings, store, registry) -> None:
     # An attacker with write access to Kafka but not to the root key.
     rogue_store = KeyStore(settings.model_copy(update={"state_dir": settings.state_dir / "rogue"}))
-    rogue = Publisher(settings, EnvelopeCodec(registry), ActiveSigner(rogue_store), source="/rogue")
+    rogue = kafka_publisher(
+        settings, EnvelopeCodec(registry), ActiveSigner(rogue_store), source="/rogue"
+    )
     await rogue.start()
     await rogue.stop()
     verifier = Verifier(EnvelopeCodec(registry), KeyRing([store.trusted_root()]))

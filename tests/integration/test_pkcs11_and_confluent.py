@@ -23,7 +23,7 @@ from ledger.pkcs11 import Pkcs11Signer, Pkcs11Token
 from ledger.registry import FileSchemaRegistry
 from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
-from streams.publisher import Publisher
+from streams.publisher import Publisher, kafka_publisher
 from tests.integration.test_envelope_kafka import auditor, read_all
 from tests.support import events
 from tests.support.servers import serve_in_thread
@@ -79,7 +79,9 @@ def test_a_token_signature_verifies_with_plain_libsodium(settings: Settings) -> 
 async def hsm_publisher(settings: Settings) -> AsyncIterator[tuple[Publisher, KeyStore]]:
     store = KeyStore(settings)
     registry = FileSchemaRegistry(settings.registry_dir)
-    publisher = Publisher(settings, EnvelopeCodec(registry), ActiveSigner(store), source="/test")
+    publisher = kafka_publisher(
+        settings, EnvelopeCodec(registry), ActiveSigner(store), source="/test"
+    )
     await publisher.start()
     yield publisher, store
     await publisher.stop()
