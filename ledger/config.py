@@ -15,7 +15,12 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger import limits
+from ledger.limits import WEBHOOK_TIMESTAMP_TOLERANCE_S_MAX
+
 Port = Annotated[int, Field(ge=1, le=65535)]
+# An empty HMAC key would verify anything signed with an empty key: refuse it.
+WebhookSecret = Annotated[SecretStr, Field(min_length=8)]
 
 
 class SignerBackend(StrEnum):
@@ -65,6 +70,42 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: Port = 18080
 
+    # Merchant API.
+    # How long a request waits for the broker's acknowledgement before it is
+    # answered 503 with Retry-After (never 202 for an unacknowledged write).
+    publish_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # How long an Idempotency-Key is remembered; at least 24 hours.
+    idempotency_ttl_s: Annotated[int, Field(ge=86_400, le=30 * 86_400)] = 86_400
+    # Largest request body, counted as it arrives; larger ones are answered 413.
+    request_body_bytes_max: Annotated[int, Field(ge=1024, le=limits.REQUEST_BODY_BYTES_CEILING)] = (
+        65_536
+    )
+    # Largest amount one create, capture or refund may carry, in minor units.
+    # 99,999,999 is Stripe's eight-digit maximum ($999,999.99), the lowest of
+    # the three providers, so an accepted amount is never refused for its size.
+    amount_minor_max: Annotated[int, Field(ge=1, le=limits.AMOUNT_MINOR_CEILING)] = 99_999_999
+    # Per-merchant token bucket, per ingress process: the refill rate in
+    # requests per second and the bucket size. A merchant's own values win.
+    rate_limit_per_s: Annotated[float, Field(gt=0, le=limits.RATE_LIMIT_PER_S_CEILING)] = 25.0
+    rate_limit_burst: Annotated[int, Field(ge=1, le=limits.RATE_LIMIT_BURST_CEILING)] = 50
+
+    # Provider webhooks. Each provider takes a list of secrets: during a
+    # rotation both the old and the new one verify, so no delivery is refused.
+    stripe_webhook_secrets: list[WebhookSecret] = Field(default_factory=list)
+    # Stripe signs a timestamp; deliveries further than this from now, in
+    # either direction, are refused as replays or forgeries.
+    stripe_webhook_tolerance_s: Annotated[
+        int, Field(ge=1, le=WEBHOOK_TIMESTAMP_TOLERANCE_S_MAX)
+    ] = 300
+    # The ids of our webhook registrations at PayPal; PayPal signs the id in.
+    paypal_webhook_ids: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,50}$")]] = Field(
+        default_factory=list
+    )
+    paypal_webhook_tolerance_s: Annotated[
+        int, Field(ge=1, le=WEBHOOK_TIMESTAMP_TOLERANCE_S_MAX)
+    ] = 300
+    coinbase_webhook_secrets: list[WebhookSecret] = Field(default_factory=list)
+
     # Schema registry: the built-in file-backed one unless an external URL is given.
     schema_registry_url: str | None = None
 
@@ -76,6 +117,12 @@ class Settings(BaseSettings):
     pkcs11_token_label: str = "payledger"
     pkcs11_user_pin: SecretStr = SecretStr("1234")
     pkcs11_so_pin: SecretStr = SecretStr("12345678")
+    # Where the master key that wraps customer data keys lives. Unset, it
+    # follows signer_backend (an HSM deployment gets an HSM master key without
+    # a second switch); set, it is independent, e.g. signing in the HSM while
+    # a test node keeps a file master key. Changing it once data keys exist
+    # makes them unreadable: each row records the master key id it needs.
+    master_key_backend: SignerBackend | None = None
 
     @field_validator("state_dir", "cache_dir")
     @classmethod
@@ -104,6 +151,9 @@ class Settings(BaseSettings):
             f"postgresql://{self.postgres_user}:{password}@{self.postgres_host}:"
             f"{self.postgres_port}/{self.postgres_db}"
         )
+
+    def effective_master_key_backend(self) -> SignerBackend:
+        return self.master_key_backend or self.signer_backend
 
     def registry_url(self) -> str:
         return self.schema_registry_url or f"http://{self.http_host}:{self.http_port}"

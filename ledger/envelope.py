@@ -9,6 +9,7 @@ code, never a float. Timestamps are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from uuid_utils import uuid7
 from ledger import limits
 from ledger.errors import EncodingError
 
+_DERIVED_NAMESPACE = uuid.UUID("0b6f3c2a-52d4-4f0e-8a61-3f1d9c7e2b45")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _LONG_MAX = 2**63 - 1
 
@@ -366,6 +368,11 @@ def new_event_id() -> str:
     return str(uuid7())
 
 
+def derived_event_id(*parts: str) -> str:
+    """A stable UUID (version 5) for an event identified by ``parts``."""
+    return str(uuid.uuid5(_DERIVED_NAMESPACE, "\x00".join(parts)))
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -381,10 +388,15 @@ def new_envelope(
     causation_id: str | None = None,
     occurred_at: datetime | None = None,
     now: datetime | None = None,
+    event_id: str | None = None,
 ) -> Envelope:
-    """An unsigned envelope with a fresh event id; ``now`` is injectable for tests."""
+    """An unsigned envelope, with a fresh UUIDv7 unless ``event_id`` is given.
+
+    Pass ``event_id`` when it must be reproducible, e.g. derived from a
+    request's idempotency key so a retried request yields the same event.
+    """
     recorded_at = now or utc_now()
-    event_id = new_event_id()
+    event_id = event_id or new_event_id()
     return Envelope(
         event_id=event_id,
         event_type=event_type,

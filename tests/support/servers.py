@@ -15,12 +15,16 @@ START_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Yield the base URL of ``app`` served by uvicorn; stop it on exit."""
+def serve_in_thread(app: Any, *, lifespan: str = "off") -> Iterator[str]:
+    """Yield the base URL of ``app`` served by uvicorn; stop it on exit.
+
+    With ``lifespan="on"`` the app's start-up runs first and a failing
+    start-up raises here instead of serving.
+    """
     config = uvicorn.Config(
         app,
         log_level="warning",
-        lifespan="off",
+        lifespan=lifespan,
         ws="none",  # no websockets: nothing to import, nothing to warn about
         http="h11",
     )
