@@ -19,6 +19,8 @@ def main() -> None:
 
 
 def _register_groups() -> None:
+    from ingress.commands import gdpr
+    from ingress.merchants import merchants
     from ledger.commands import keys, run
     from ledger.infra.commands import infra
     from streams.commands import topics
@@ -27,6 +29,8 @@ def _register_groups() -> None:
     main.add_command(keys)
     main.add_command(infra)
     main.add_command(topics)
+    main.add_command(merchants)
+    main.add_command(gdpr)
 
 
 _register_groups()

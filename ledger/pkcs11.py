@@ -43,7 +43,13 @@ class Pkcs11Token:
         try:
             library = pkcs11.lib(os.fspath(module))
             token = library.get_token(token_label=token_label)
-            self._session: Any = token.open(user_pin=user_pin, rw=True)
+            try:
+                self._session: Any = token.open(user_pin=user_pin, rw=True)
+            except pkcs11.exceptions.UserAlreadyLoggedIn:
+                # PKCS#11 login state belongs to the application, not the session:
+                # another opener in this process (the master key) already logged
+                # in, and every new session shares that login.
+                self._session = token.open(rw=True)
         except (pkcs11.PKCS11Error, pkcs11.NoSuchToken, pkcs11.MultipleTokensReturned) as error:
             raise ConfigurationError(
                 f"cannot open PKCS#11 token {token_label!r} with {module}: {error!r}"
