@@ -6,12 +6,14 @@ import asyncio
 import json
 import socket
 import sys
+from pathlib import Path
 
 import click
 
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.keystore import KeyStore, endorsement_to_json, trusted_root_to_json
+from ledger.signing import write_secret
 
 
 def _settings() -> Settings:
@@ -49,6 +51,21 @@ async def _publish_active_endorsement(settings: Settings) -> str:
         store.close()
 
 
+def _demo_merchant(settings: Settings) -> Path:
+    """The embedded default's merchant ``demo`` and its API key, in a 0600 file.
+
+    Development only: it lets the README's curl examples work as written.
+    """
+    from ingress.merchants import add_api_key, create_merchant
+
+    path = settings.state_dir / "demo-api-key"
+    asyncio.run(create_merchant(settings, "demo", "Demo shop"))
+    if not path.exists():
+        issued = asyncio.run(add_api_key(settings, "demo"))
+        write_secret(path, issued.token.encode())
+    return path
+
+
 def _provision(settings: Settings) -> None:
     from streams.provision import provision_topics
 
@@ -77,6 +94,8 @@ def run() -> None:
             key_id = asyncio.run(_publish_active_endorsement(settings))
             root = KeyStore(settings).trusted_root()
             supervisor.log("run", f"root key {root.key_id}; event key {key_id} endorsed")
+            demo_key = _demo_merchant(settings)
+            supervisor.log("run", f"merchant 'demo' ready; its API key is in {demo_key}")
             supervisor.add_process(
                 "http",
                 [
@@ -95,7 +114,8 @@ def run() -> None:
             )
             supervisor.log(
                 "run",
-                f"ready: schema registry at {settings.registry_url()}, "
+                f"ready: API at http://{settings.http_host}:{settings.http_port} "
+                f"(OpenAPI at /openapi.json, schema registry at the same address), "
                 f"Kafka at {settings.bootstrap_servers()}; Ctrl-C stops everything",
             )
             code = supervisor.wait()

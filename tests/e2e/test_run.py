@@ -65,7 +65,7 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, str
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while b"ready: schema registry" not in log_path.read_bytes():
+        while b"ready: API at" not in log_path.read_bytes():
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"payledger run did not become ready:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
@@ -87,6 +87,16 @@ def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
     assert "io.payledger.Envelope" in latest["schema"]
     settings = Settings(state_dir=ROOT / ".state" / "e2e")
     assert (settings.keys_dir / "root.json").exists()
+    # The README's first curl example: a payment for the demo merchant.
+    api_key = (settings.state_dir / "demo-api-key").read_text()
+    created = httpx.post(
+        f"{url}/v1/payments",
+        json={"provider": "stripe", "amount_minor": 1050, "currency": "EUR"},
+        headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "order-1234"},
+        timeout=30,
+    )
+    assert created.status_code == 202, created.text
+    assert created.json()["payment_id"].startswith("pay_")
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert process.wait(timeout=STOP_TIMEOUT_S) == 0

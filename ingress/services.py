@@ -1,0 +1,104 @@
+"""The objects one ingress process shares between requests, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.requests import Request
+
+from ingress.auth import Authenticator
+from ingress.customer_keys import CustomerKeys
+from ingress.problems import Problem
+from ingress.ratelimit import RateLimiter
+from ledger.config import Settings
+from ledger.envelope import AuditFact, Envelope, new_envelope, new_event_id, utc_now
+from ledger.publisher import Published, Publisher
+from ledger.topics import TopicRole, topic_name
+
+PUBLISH_RETRY_AFTER_S = 5
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: AsyncConnectionPool
+    publisher: Publisher
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
+    customer_keys: CustomerKeys
+    clock: Callable[[], datetime] = utc_now
+    source: str = "/payledger/ingress"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def topic(self, role: TopicRole) -> str:
+        return topic_name(self.settings, role)
+
+    async def publish(self, role: TopicRole, envelope: Envelope) -> Published:
+        """Publish and wait for the broker's ack, within a bounded time, or raise 503.
+
+        A timeout does not prove the record was lost (the producer may still
+        deliver it); callers derive event ids from the request's idempotency
+        key, so a retry after a 503 yields the same event id and consumers
+        drop the duplicate.
+        """
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                return await self.publisher.publish(self.topic(role), envelope)
+        except (TimeoutError, OSError, ConnectionError) as error:
+            raise _unavailable(error) from error
+        except Exception as error:
+            # aiokafka raises its own KafkaError tree; this module stays free of it.
+            if type(error).__module__.startswith("aiokafka"):
+                raise _unavailable(error) from error
+            raise
+
+    async def audit(
+        self,
+        fact_type: str,
+        *,
+        actor: str,
+        subject: str,
+        reason: str | None = None,
+        digest: bytes | None = None,
+        details: dict[str, str] | None = None,
+    ) -> Published:
+        fact = AuditFact(
+            fact_type=fact_type,
+            actor=actor,
+            subject=subject,
+            reason=reason,
+            digest=digest,
+            details=details or {},
+        )
+        # Each fact is its own aggregate: facts about one subject come from many
+        # places, so no single writer could number them in sequence.
+        event_id = new_event_id()
+        envelope = new_envelope(
+            event_id=event_id,
+            event_type=f"audit.{fact_type}",
+            aggregate_id=event_id,
+            sequence=1,
+            producer=self.source,
+            payload=fact,
+            now=self.clock(),
+        )
+        return await self.publish(TopicRole.AUDIT_FACTS, envelope)
+
+
+def _unavailable(error: BaseException) -> Problem:
+    return Problem(
+        503,
+        "ledger-unavailable",
+        "The ledger is unavailable",
+        "the event could not be durably recorded; retry with the same Idempotency-Key",
+        headers={"Retry-After": str(PUBLISH_RETRY_AFTER_S)},
+    )
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
