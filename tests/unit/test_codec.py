@@ -184,6 +184,8 @@ def test_random_garbage_only_ever_raises_invalid_envelope(codec, store, verifier
             body[rng.randrange(len(body))] = rng.randrange(256)
         if rng.random() < 0.3:
             body = body[: rng.randrange(len(body))]
+        if bytes(body) == wire[HEADER.size :]:
+            continue  # every "mutation" wrote back the byte that was there
         with pytest.raises(InvalidEnvelope):
             verifier.open(wire[: HEADER.size] + bytes(body))
 
