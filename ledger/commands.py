@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -66,6 +67,25 @@ def _demo_merchant(settings: Settings) -> Path:
     return path
 
 
+def _dev_webhook_secrets(settings: Settings) -> dict[str, str]:
+    """Webhook secrets for the embedded default, when none are configured.
+
+    Made once and kept in a 0600 file, so the README's signed-webhook example
+    works; configured secrets always win and are never written anywhere.
+    """
+    path = settings.state_dir / "dev-webhook-secrets.json"
+    if not path.exists():
+        secrets = {"stripe": "whsec_dev_" + os.urandom(16).hex(), "coinbase": os.urandom(16).hex()}
+        write_secret(path, json.dumps(secrets, indent=2).encode())
+    secrets = json.loads(path.read_text())
+    env = {}
+    if not settings.stripe_webhook_secrets:
+        env["PAYLEDGER_STRIPE_WEBHOOK_SECRETS"] = json.dumps([secrets["stripe"]])
+    if not settings.coinbase_webhook_secrets:
+        env["PAYLEDGER_COINBASE_WEBHOOK_SECRETS"] = json.dumps([secrets["coinbase"]])
+    return env
+
+
 def _provision(settings: Settings) -> None:
     from streams.provision import provision_topics
 
@@ -110,6 +130,7 @@ def run() -> None:
                     str(settings.http_port),
                     "--no-access-log",
                 ],
+                env=supervisor.child_env(_dev_webhook_secrets(settings)),
                 ready=lambda: _tcp_answers(settings.http_host, settings.http_port),
             )
             supervisor.log(
