@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
@@ -65,6 +66,21 @@ class Metrics:
         )
 
 
+def _route_template(scope: Scope) -> str:
+    """The route's path template, so metrics never get one label per payment id."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    # Plain Starlette routes (the schema registry's) do not record themselves in
+    # the scope; find the one that matched. Only those requests pay for this.
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return str(candidate.path)
+    return "unmatched"
+
+
 class ObservabilityMiddleware:
     """Counts, times and logs every HTTP request (pure ASGI: no body buffering)."""
 
@@ -90,7 +106,7 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             merchant = scope.get("state", {}).get("merchant_id")
