@@ -32,10 +32,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     computed_field,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ledger import currencies, limits
 from ledger.config import Settings
@@ -293,4 +294,22 @@ def within_settings(payload: ModelT, settings: Settings) -> ModelT:
     ``pydantic.ValidationError`` when a configured bound is exceeded, which
     ``ingress.validation`` renders as the same 422 problem as any other error.
     """
-    return type(payload).model_validate(payload.model_dump(), context={"settings": settings})
+    # Only amount_minor has a configured bound; checking it alone keeps the rest
+    # (email, patterns) from being validated a second time on the hot path.
+    amount = getattr(payload, "amount_minor", None)
+    if amount is None or amount <= settings.amount_minor_max:
+        return payload
+    raise ValidationError.from_exception_data(
+        type(payload).__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "less_than_equal",
+                    "Input should be less than or equal to {le}",
+                    {"le": settings.amount_minor_max},
+                ),
+                loc=("amount_minor",),
+                input=amount,
+            )
+        ],
+    )

@@ -99,6 +99,7 @@ def _unavailable(error: BaseException) -> Problem:
     )
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in its thread pool, per request.
     found: Services = request.app.state.services
     return found
