@@ -23,12 +23,14 @@ from starlette.responses import JSONResponse, Response
 
 from ingress import db, idempotency
 from ingress.auth import Authenticator
+from ingress.batching import CreateBatcher
 from ingress.bodylimit import BodyLimitMiddleware
 from ingress.customer_keys import CustomerKeys
 from ingress.observability import Metrics, ObservabilityMiddleware, configure_json_logging
 from ingress.payments import router as payments_router
 from ingress.problems import Problem, problem_handler
 from ingress.ratelimit import RateLimiter
+from ingress.registry_api import error_response as registry_error_response
 from ingress.registry_api import registry_routes
 from ingress.services import Services
 from ingress.validation import install_validation_handlers
@@ -42,6 +44,7 @@ from ledger.registry import open_registry
 from ledger.sealing import open_master_key
 
 READINESS_PROBE_TIMEOUT_S = 2.0
+_REGISTRY_PREFIXES = ("/schemas", "/subjects", "/config")
 IDEMPOTENCY_PURGE_INTERVAL_S = 600.0
 
 log = logging.getLogger("payledger.ingress")
@@ -115,6 +118,7 @@ def create_app(
             customer_keys=CustomerKeys(pool, master_key),
             clock=clock,
         )
+        svc.creates = CreateBatcher(svc)
         svc.tasks.append(asyncio.create_task(_purge_idempotency_keys(svc)))
         app.state.services = svc
         try:
@@ -124,6 +128,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await svc.creates.close()
             await publisher.stop()
             await pool.close()
             master_key.close()
@@ -160,8 +165,23 @@ def create_app(
     for route in registry_routes(registry):
         app.router.routes.append(route)
 
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.request_body_bytes_max)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as a problem document (Confluent's error body on registry paths)."""
+
     async def http_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith(_REGISTRY_PREFIXES):
+            # Registry clients expect Confluent's error body on every registry
+            # path, including methods and paths no registry route matched.
+            return registry_error_response(
+                exc.status_code, exc.status_code, str(exc.detail or "HTTP error")
+            )
         titles = {404: "Not found", 405: "Method not allowed"}
         problem = Problem(
             exc.status_code,
@@ -171,12 +191,16 @@ def create_app(
         )
         return problem.response(instance=request.url.path)
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, not a bad request: logged with its traceback, answered as a
+        # problem document that says nothing about the internals.
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return Problem(500, "internal-error", "Internal error").response(request.url.path)
+
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(Problem, problem_handler)
     install_validation_handlers(app)
     app.add_exception_handler(StarletteHTTPException, http_problem)
-    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.request_body_bytes_max)
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
-    return app
 
 
 def _include_webhooks(app: FastAPI, settings: Settings, clock: Callable[[], datetime]) -> None:

@@ -135,6 +135,15 @@ def text(parent: Mapping[str, Any] | None, key: str) -> str | None:
         return None
     if len(value) > limits.WEBHOOK_FIELD_CHARS_MAX:
         raise MalformedEvent(f"field-too-long: {key}")
+    # A NUL cannot be stored in Postgres text and a lone surrogate cannot be
+    # encoded: an authentic delivery carrying one is malformed (400, audited),
+    # not a reason to answer 503 and have the provider retry it forever.
+    if "\x00" in value:
+        raise MalformedEvent(f"field-has-nul: {key}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedEvent(f"field-not-utf8: {key}") from None
     return value
 
 
