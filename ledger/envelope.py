@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from uuid_utils import uuid7
 
 from ledger import limits
 from ledger.errors import EncodingError
+from ledger.payments.status import PaymentStatus
 
 _DERIVED_NAMESPACE = uuid.UUID("0b6f3c2a-52d4-4f0e-8a61-3f1d9c7e2b45")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _LONG_MAX = 2**63 - 1
+
+# Limits of the payment-event payloads. They belong with the others in
+# ``ledger.limits``; they live here until that file is free to edit.
+ACCOUNT_CHARS_MAX: Final = 160  # one ledger account name
+POSTINGS_PER_EVENT_MAX: Final = 64  # legs in one payment event; the rules emit at most 8
+NOTE_CHARS_MAX: Final = 500  # a payment event's note, a dead letter's detail
+# A dead letter carries a copy of the original record up to this size (the
+# digest and the topic/partition/offset always): the copy plus the rest of the
+# dead letter must fit in one envelope (ENVELOPE_BYTES_MAX).
+DEAD_LETTER_ORIGINAL_BYTES_MAX: Final = 786_432
 
 
 class Provider(StrEnum):
@@ -268,9 +279,271 @@ class KeyEndorsement:
         return cls(**record)
 
 
-Payload = PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement
-PAYLOAD_TYPES: dict[str, type[PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement]] = {
-    t.AVRO_NAME: t for t in (PaymentCommand, ProviderEvent, AuditFact, KeyEndorsement)
+class PaymentEventKind(StrEnum):
+    """What a payment event records (``io.payledger.PaymentEventKind``).
+
+    The first four record an accepted merchant command; they move no money
+    (the provider's answer does). The others record a provider event.
+    """
+
+    CREATED = "CREATED"
+    CAPTURE_REQUESTED = "CAPTURE_REQUESTED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    REFUND_REQUESTED = "REFUND_REQUESTED"
+    STATUS_CHANGED = "STATUS_CHANGED"
+    AUTHORIZED = "AUTHORIZED"
+    CAPTURED = "CAPTURED"
+    CANCELED = "CANCELED"
+    REFUNDED = "REFUNDED"
+    DISPUTE_OPENED = "DISPUTE_OPENED"
+    DISPUTE_WON = "DISPUTE_WON"
+    DISPUTE_LOST = "DISPUTE_LOST"
+    FEE_CHARGED = "FEE_CHARGED"
+    FUNDS_UNRESOLVED = "FUNDS_UNRESOLVED"
+    FUNDS_RESOLVED = "FUNDS_RESOLVED"
+    NOTED = "NOTED"
+
+
+class PostingSide(StrEnum):
+    DEBIT = "DEBIT"
+    CREDIT = "CREDIT"
+
+
+_ACCOUNT = re.compile(r"^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One leg of a double-entry transaction: a positive amount on one side of one account."""
+
+    AVRO_NAME = "io.payledger.Posting"
+
+    account: str
+    side: PostingSide
+    amount_minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        if len(self.account) > ACCOUNT_CHARS_MAX or not _ACCOUNT.match(self.account):
+            raise EncodingError(f"not an account name: {self.account[:80]!r}")
+        if not isinstance(self.amount_minor, int) or isinstance(self.amount_minor, bool):
+            raise EncodingError("a posting amount must be an integer number of minor units")
+        if not 0 < self.amount_minor <= _LONG_MAX:
+            raise EncodingError("a posting amount must be positive and within 64 bits")
+        if not _CURRENCY.match(self.currency):
+            raise EncodingError(f"currency must be an ISO 4217 code, got {self.currency!r}")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "side": self.side.value,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> Posting:
+        return cls(
+            account=record["account"],
+            side=PostingSide(record["side"]),
+            amount_minor=record["amount_minor"],
+            currency=record["currency"],
+        )
+
+
+def unbalanced_currencies(postings: Iterable[Posting]) -> list[str]:
+    """The currencies whose debits and credits differ (empty when balanced)."""
+    net: dict[str, int] = {}
+    for posting in postings:
+        signed = (
+            posting.amount_minor if posting.side is PostingSide.DEBIT else -posting.amount_minor
+        )
+        net[posting.currency] = net.get(posting.currency, 0) + signed
+    return sorted(currency for currency, total in net.items() if total != 0)
+
+
+_TOTALS = (
+    "authorized_minor",
+    "captured_minor",
+    "refunded_minor",
+    "disputed_minor",
+    "charged_back_minor",
+    "suspense_minor",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """One entry of a payment's timeline: a transition with its postings and running totals.
+
+    ``amount`` is what this event moved (or, for a command, requested); the
+    ``*_minor`` totals are the payment's, after this event, in the currency
+    of ``payment_amount``. ``fees`` are the net provider fees so far, one
+    entry per currency. A ``stale`` event is an out-of-order delivery: it is
+    recorded and changes neither the status nor any amount.
+    """
+
+    AVRO_NAME = "io.payledger.PaymentEvent"
+
+    payment_id: str
+    merchant_id: str
+    provider: Provider
+    kind: PaymentEventKind
+    status_after: PaymentStatus
+    payment_amount: Money
+    status_before: PaymentStatus | None = None
+    stale: bool = False
+    amount: Money | None = None
+    authorized_minor: int = 0
+    captured_minor: int = 0
+    refunded_minor: int = 0
+    disputed_minor: int = 0
+    charged_back_minor: int = 0
+    suspense_minor: int = 0
+    fees: tuple[Money, ...] = ()
+    command_event_id: str | None = None
+    provider_event_id: str | None = None
+    provider_event_type: str | None = None
+    provider_object_id: str | None = None
+    provider_status: str | None = None
+    note: str | None = None
+    postings: tuple[Posting, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in _TOTALS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise EncodingError(f"{name} must be a non-negative integer")
+        if len(self.postings) > POSTINGS_PER_EVENT_MAX:
+            raise EncodingError(f"more than {POSTINGS_PER_EVENT_MAX} postings")
+        unbalanced = unbalanced_currencies(self.postings)
+        if unbalanced:
+            raise EncodingError(f"postings do not balance in {', '.join(unbalanced)}")
+        if self.stale and (self.postings or self.status_before != self.status_after):
+            raise EncodingError("a stale event changes nothing")
+        if self.note is not None and len(self.note) > NOTE_CHARS_MAX:
+            raise EncodingError(f"note longer than {NOTE_CHARS_MAX} chars")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "merchant_id": self.merchant_id,
+            "provider": self.provider.value,
+            "kind": self.kind.value,
+            "status_before": _optional(self.status_before, lambda s: s.value),
+            "status_after": self.status_after.value,
+            "stale": self.stale,
+            "amount": _optional(self.amount, Money.to_avro),
+            "payment_amount": self.payment_amount.to_avro(),
+            "authorized_minor": self.authorized_minor,
+            "captured_minor": self.captured_minor,
+            "refunded_minor": self.refunded_minor,
+            "disputed_minor": self.disputed_minor,
+            "charged_back_minor": self.charged_back_minor,
+            "suspense_minor": self.suspense_minor,
+            "fees": [fee.to_avro() for fee in self.fees],
+            "command_event_id": self.command_event_id,
+            "provider_event_id": self.provider_event_id,
+            "provider_event_type": self.provider_event_type,
+            "provider_object_id": self.provider_object_id,
+            "provider_status": self.provider_status,
+            "note": self.note,
+            "postings": [posting.to_avro() for posting in self.postings],
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> PaymentEvent:
+        return cls(
+            payment_id=record["payment_id"],
+            merchant_id=record["merchant_id"],
+            provider=Provider(record["provider"]),
+            kind=PaymentEventKind(record["kind"]),
+            status_before=_optional(record["status_before"], PaymentStatus),
+            status_after=PaymentStatus(record["status_after"]),
+            stale=record["stale"],
+            amount=_optional(record["amount"], Money.from_avro),
+            payment_amount=Money.from_avro(record["payment_amount"]),
+            authorized_minor=record["authorized_minor"],
+            captured_minor=record["captured_minor"],
+            refunded_minor=record["refunded_minor"],
+            disputed_minor=record["disputed_minor"],
+            charged_back_minor=record["charged_back_minor"],
+            suspense_minor=record["suspense_minor"],
+            fees=tuple(Money.from_avro(fee) for fee in record["fees"]),
+            command_event_id=record["command_event_id"],
+            provider_event_id=record["provider_event_id"],
+            provider_event_type=record["provider_event_type"],
+            provider_object_id=record["provider_object_id"],
+            provider_status=record["provider_status"],
+            note=record["note"],
+            postings=tuple(Posting.from_avro(posting) for posting in record["postings"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be processed, with where it came from and why.
+
+    The original stays on its topic forever, so ``original_topic``,
+    ``original_partition`` and ``original_offset`` find it again and
+    ``original_sha256`` proves it is the same bytes; ``original_bytes`` is a
+    copy when it is small enough to travel in the dead letter too.
+    """
+
+    AVRO_NAME = "io.payledger.DeadLetter"
+
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_sha256: bytes
+    error_class: str
+    reason: str
+    original_bytes: bytes | None = None
+    original_event_id: str | None = None
+    original_event_type: str | None = None
+    detail: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.original_sha256) != 32:
+            raise EncodingError("original_sha256 must be 32 bytes")
+        if self.original_partition < 0 or self.original_offset < 0:
+            raise EncodingError("partition and offset are never negative")
+        if (
+            self.original_bytes is not None
+            and len(self.original_bytes) > DEAD_LETTER_ORIGINAL_BYTES_MAX
+        ):
+            raise EncodingError(
+                f"original_bytes over {DEAD_LETTER_ORIGINAL_BYTES_MAX} bytes: keep the digest"
+            )
+        if self.detail is not None and len(self.detail) > NOTE_CHARS_MAX:
+            raise EncodingError(f"detail longer than {NOTE_CHARS_MAX} chars")
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "original_topic": self.original_topic,
+            "original_partition": self.original_partition,
+            "original_offset": self.original_offset,
+            "original_sha256": self.original_sha256,
+            "original_bytes": self.original_bytes,
+            "original_event_id": self.original_event_id,
+            "original_event_type": self.original_event_type,
+            "error_class": self.error_class,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> DeadLetter:
+        return cls(**record)
+
+
+Payload = PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement | PaymentEvent | DeadLetter
+PAYLOAD_TYPES: dict[
+    str,
+    type[PaymentCommand | ProviderEvent | AuditFact | KeyEndorsement | PaymentEvent | DeadLetter],
+] = {
+    t.AVRO_NAME: t
+    for t in (PaymentCommand, ProviderEvent, AuditFact, KeyEndorsement, PaymentEvent, DeadLetter)
 }
 
 

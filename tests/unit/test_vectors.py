@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger.codec import EnvelopeCodec
 from ledger.errors import InvalidEnvelope, Reason
 from ledger.keys import KeyRing, verify_endorsement
 from ledger.keystore import endorsement_from_json, trusted_root_from_json
 from ledger.signing import FileSigner
 from ledger.verify import Verifier
-from tests.support.fakes import MemoryRegistry
 from tests.vectors import build
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "envelope.json").read_text())
@@ -24,7 +22,8 @@ def verifier() -> Verifier:
     root = trusted_root_from_json(VECTORS["root"])
     ring = KeyRing([root])
     ring.add(endorsement_from_json(VECTORS["endorsement"]))
-    codec = EnvelopeCodec(MemoryRegistry())
+    codec = build.codec()
+    assert codec.schema.version == build.SCHEMA_VERSION == 1
     assert codec.schema_id(VECTORS["topic"]) == VECTORS["schema_id"]
     return Verifier(codec, ring)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from ledger import schemas
 from ledger.codec import HEADER, EnvelopeCodec
 from ledger.envelope import (
     AuditFact,
@@ -26,6 +27,9 @@ from tests.support.fakes import MemoryRegistry
 
 PATH = Path(__file__).with_name("envelope.json")
 TOPIC = "payledger.commands"
+# The vectors pin the v1 wire format: the newest schema (schemas.current()) moves
+# on, and with it the schema fingerprint every signature binds.
+SCHEMA_VERSION = 1
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 ROOT_ED25519_SEED = bytes(range(32))
 ROOT_MLDSA65_SEED = bytes(range(32, 64))
@@ -106,6 +110,13 @@ def envelopes() -> list[tuple[str, Envelope]]:
     ]
 
 
+def codec() -> EnvelopeCodec:
+    """A codec that writes the pinned schema version, whatever the newest one is."""
+    return EnvelopeCodec(
+        MemoryRegistry(), schema=schemas.load_version(schemas.SCHEMAS_DIR, SCHEMA_VERSION)
+    )
+
+
 def main() -> None:
     root = RootKey(
         FileSigner(ROOT_ED25519_SEED), mldsa.MLDSA65PrivateKey.from_seed_bytes(ROOT_MLDSA65_SEED)
@@ -114,10 +125,10 @@ def main() -> None:
     endorsement = root.endorse(
         event_key, not_before=T0 - timedelta(days=1), lifetime=timedelta(days=30)
     )
-    codec = EnvelopeCodec(MemoryRegistry())
+    pinned = codec()
     valid = []
     for description, envelope in envelopes():
-        _, wire = codec.encode(envelope, event_key, TOPIC)
+        _, wire = pinned.encode(envelope, event_key, TOPIC)
         valid.append({"description": description, "wire": wire.hex()})
     first = bytes.fromhex(valid[0]["wire"])
     amount_at = first.index(bytes([0x80, 0x89, 0x0F]))  # zig-zag varint of 123456
@@ -126,7 +137,7 @@ def main() -> None:
     flipped_signature = bytearray(first)
     flipped_signature[-1] ^= 0x80
     rogue = FileSigner(hashlib.sha256(b"nobody endorsed this").digest())
-    _, rogue_wire = codec.encode(envelopes()[0][1], rogue, TOPIC)
+    _, rogue_wire = pinned.encode(envelopes()[0][1], rogue, TOPIC)
     invalid = [
         ("one bit of the amount flipped", bytes(flipped_amount), "bad-signature"),
         ("one bit of the signature flipped", bytes(flipped_signature), "bad-signature"),
