@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingress import db, idempotency
 from ingress.auth import Authenticator
-from ingress.batching import CreateBatcher
+from ingress.batching import INGRESS_PRODUCER_LINGER_MS, CreateBatcher
 from ingress.bodylimit import BodyLimitMiddleware
 from ingress.customer_keys import CustomerKeys
 from ingress.observability import Metrics, ObservabilityMiddleware, configure_json_logging
@@ -99,7 +99,10 @@ def create_app(
         pool = db.open_pool(settings)
         await pool.open()
         store = KeyStore(settings)
-        producer = AIOKafkaProducer(**producer_options(settings, client_id="payledger-ingress"))
+        producer = AIOKafkaProducer(
+            **producer_options(settings, client_id="payledger-ingress")
+            | {"linger_ms": INGRESS_PRODUCER_LINGER_MS}
+        )
         publisher = Publisher(
             settings,
             EnvelopeCodec(registry),

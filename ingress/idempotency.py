@@ -93,13 +93,24 @@ async def claim(
     row = await cursor.fetchone()
     assert row is not None, "the conflicting row is committed, so it is visible"
     stored_fingerprint, status, body = row
+    return stored_outcome(fingerprint, stored_fingerprint, status, body)
+
+
+def key_reused() -> Problem:
+    return Problem(
+        409,
+        "idempotency-key-reused",
+        "Idempotency-Key reused with a different request",
+        "this key was already used for another request; use a new key for a new operation",
+    )
+
+
+def stored_outcome(
+    fingerprint: bytes, stored_fingerprint: bytes, status: int | None, body: bytes | None
+) -> StoredResponse:
+    """The answer to a request whose key has a committed row: its response, or 409."""
     if bytes(stored_fingerprint) != fingerprint:
-        raise Problem(
-            409,
-            "idempotency-key-reused",
-            "Idempotency-Key reused with a different request",
-            "this key was already used for another request; use a new key for a new operation",
-        )
+        raise key_reused()
     # A committed row always has its response: the row and the response are
     # written in the same transaction.
     assert status is not None and body is not None

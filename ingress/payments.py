@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ingress.auth import Merchant
+from ingress.batching import CreateIntent
 from ingress.idempotency import StoredResponse, claim, complete, idempotency_key
 from ingress.idempotency import request_fingerprint as fingerprint_of
 from ingress.models import (
@@ -36,6 +38,7 @@ from ledger.carddata import contains_pan, pan_paths
 from ledger.envelope import (
     CaptureMethod,
     CommandKind,
+    Envelope,
     Money,
     PaymentCommand,
     Provider,
@@ -171,53 +174,59 @@ async def create_payment(
     fingerprint = fingerprint_of("POST", "/v1/payments", payload.model_dump(mode="json"))
     payment_id = "pay_" + hashlib.sha256(f"{merchant_id}\0{key}".encode()).hexdigest()[:32]
     event_id = derived_event_id("payment.command.create", merchant_id, key)
-    async with svc.pool.connection() as connection, connection.transaction():
-        stored = await claim(
-            connection, merchant_id, key, fingerprint, svc.settings.idempotency_ttl_s
-        )
-        if stored is not None:
-            return _replay(stored)
+
+    async def command() -> Envelope:
+        # Runs inside the batch's transaction, once the key is this request's.
         customer = None
         if payload.customer is not None:
             customer = await _seal_customer(svc, merchant_id, payload.customer)
-        command = PaymentCommand(
-            command=CommandKind.CREATE,
-            merchant_id=merchant_id,
-            idempotency_key=key,
-            provider=Provider(payload.provider.upper()),
-            amount=Money(payload.amount_minor, payload.currency),
-            capture_method=CaptureMethod(payload.capture_method.upper()),
-            description=payload.description,
-            metadata=payload.metadata,
-            customer=customer,
-        )
-        cursor = await connection.execute(
-            "INSERT INTO ingress_payments"
-            " (payment_id, merchant_id, provider, currency, amount_minor)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (payment_id) DO NOTHING RETURNING 1",
-            (payment_id, merchant_id, payload.provider, payload.currency, payload.amount_minor),
-        )
-        if await cursor.fetchone() is None:
-            # Only an Idempotency-Key reused after its record expired gets here.
-            raise Problem(
-                409,
-                "payment-exists",
-                "A payment was already created with this Idempotency-Key",
-                "use a new Idempotency-Key for a new payment",
-            )
-        envelope = new_envelope(
+        return new_envelope(
             event_id=event_id,
             event_type="payment.command.create",
             aggregate_id=payment_id,
             sequence=1,
             producer=svc.source,
-            payload=command,
+            payload=PaymentCommand(
+                command=CommandKind.CREATE,
+                merchant_id=merchant_id,
+                idempotency_key=key,
+                provider=Provider(payload.provider.upper()),
+                amount=Money(payload.amount_minor, payload.currency),
+                capture_method=CaptureMethod(payload.capture_method.upper()),
+                description=payload.description,
+                metadata=payload.metadata,
+                customer=customer,
+            ),
             now=svc.clock(),
         )
-        await svc.publish(TopicRole.COMMANDS, envelope)
-        stored_response, response = _accepted(payment_id, event_id)
-        await complete(connection, merchant_id, key, stored_response)
-    return response
+
+    stored_response, response = _accepted(payment_id, event_id)
+    assert svc.creates is not None, "the app's lifespan sets up the create batcher"
+    # Claim, seal, insert, publish, wait for the ack and commit, with other
+    # requests in one transaction (ingress/batching.py).
+    stored, replayed = await svc.creates.submit(
+        CreateIntent(
+            merchant_id=merchant_id,
+            idempotency_key=key,
+            fingerprint=fingerprint,
+            payment_id=payment_id,
+            provider=payload.provider,
+            currency=payload.currency,
+            amount_minor=payload.amount_minor,
+            accepted=stored_response,
+            build=command,
+        )
+    )
+    return _replay(stored) if replayed else response
+
+
+_PAYMENT_ID = re.compile(r"^pay_[0-9a-f]{32}$")
+
+
+def _payment_not_found() -> Problem:
+    # The detail never repeats the id: it is input, and another merchant's id
+    # must not be confirmed either way.
+    return Problem(404, "payment-not-found", "No such payment", "no such payment for this merchant")
 
 
 async def _follow_up(
@@ -231,6 +240,9 @@ async def _follow_up(
     reason: str | None = None,
 ) -> Response:
     merchant_id, key = admitted.merchant.merchant_id, admitted.idempotency_key
+    if not _PAYMENT_ID.match(payment_id):
+        # Not an id this ingress could have made: as missing as any other.
+        raise _payment_not_found()
     path = f"/v1/payments/{payment_id}/{kind.value.lower()}"
     fingerprint = fingerprint_of("POST", path, document)
     async with svc.pool.connection() as connection, connection.transaction():
@@ -247,7 +259,7 @@ async def _follow_up(
         row = await cursor.fetchone()
         if row is None:
             # Another merchant's payment looks exactly like a missing one.
-            raise Problem(404, "payment-not-found", "No such payment", f"no payment {payment_id}")
+            raise _payment_not_found()
         provider, currency, payment_amount, sequence = row
         if amount_minor is not None and amount_minor > payment_amount:
             raise Problem(

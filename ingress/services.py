@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
@@ -18,6 +19,9 @@ from ledger.config import Settings
 from ledger.envelope import AuditFact, Envelope, new_envelope, new_event_id, utc_now
 from ledger.publisher import Published, Publisher
 from ledger.topics import TopicRole, topic_name
+
+if TYPE_CHECKING:
+    from ingress.batching import CreateBatcher
 
 PUBLISH_RETRY_AFTER_S = 5
 
@@ -33,6 +37,8 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     source: str = "/payledger/ingress"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Group commit for POST /v1/payments; set in the app's lifespan.
+    creates: CreateBatcher | None = None
 
     def topic(self, role: TopicRole) -> str:
         return topic_name(self.settings, role)
@@ -48,12 +54,9 @@ class Services:
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 return await self.publisher.publish(self.topic(role), envelope)
-        except (TimeoutError, OSError, ConnectionError) as error:
-            raise _unavailable(error) from error
         except Exception as error:
-            # aiokafka raises its own KafkaError tree; this module stays free of it.
-            if type(error).__module__.startswith("aiokafka"):
-                raise _unavailable(error) from error
+            if is_unavailable(error):
+                raise unavailable(error) from error
             raise
 
     async def audit(
@@ -89,7 +92,15 @@ class Services:
         return await self.publish(TopicRole.AUDIT_FACTS, envelope)
 
 
-def _unavailable(error: BaseException) -> Problem:
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the broker could not take a record (timeout, network, Kafka)."""
+    if isinstance(error, (TimeoutError, OSError, ConnectionError)):
+        return True
+    # aiokafka raises its own KafkaError tree; this module stays free of it.
+    return type(error).__module__.startswith("aiokafka")
+
+
+def unavailable(error: BaseException) -> Problem:
     return Problem(
         503,
         "ledger-unavailable",
