@@ -8,6 +8,7 @@ start-up, never later; secrets are ``SecretStr`` and never appear in ``repr``.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,8 @@ from ledger import limits
 from ledger.limits import WEBHOOK_TIMESTAMP_TOLERANCE_S_MAX
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# The checkout this module lives in (``ledger/`` is one level below it).
+_REPO_ROOT = Path(__file__).resolve().parent.parent
 # An empty HMAC key would verify anything signed with an empty key: refuse it.
 WebhookSecret = Annotated[SecretStr, Field(min_length=8)]
 
@@ -106,6 +109,50 @@ class Settings(BaseSettings):
     ] = 300
     coinbase_webhook_secrets: list[WebhookSecret] = Field(default_factory=list)
 
+    # Outbound provider calls. The defaults point at the local mocks that
+    # `payledger infra up --with-mocks` starts (stripe-mock, Prism with PayPal's
+    # OpenAPI files behind a small OAuth gateway, a Coinbase Commerce fake);
+    # production sets the three base URLs and the credentials.
+    # Whole-call deadline: connecting, OAuth, sending and reading included.
+    provider_timeout_s: Annotated[float, Field(gt=0, le=limits.PROVIDER_TIMEOUT_S_MAX)] = 10.0
+    provider_connect_timeout_s: Annotated[
+        float, Field(gt=0, le=limits.PROVIDER_CONNECT_TIMEOUT_S_MAX)
+    ] = 3.0
+    # Host the local mocks listen on.
+    mocks_host: str = "127.0.0.1"
+
+    # Stripe: https://api.stripe.com in production; unset, the local stripe-mock.
+    stripe_api_base_url: str | None = None
+    # stripe-mock accepts any key that looks like a test-mode secret key.
+    stripe_api_key: SecretStr = SecretStr("sk_test_payledger")
+    stripe_mock_version: Annotated[str, Field(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+$")] = "v0.203.0"
+    stripe_mock_port: Port = 12111
+    stripe_mock_https_port: Port = 12112
+
+    # PayPal: https://api-m.paypal.com in production; unset, the local gateway
+    # (OAuth token endpoint + the two Prism mocks behind one base URL).
+    paypal_api_base_url: str | None = None
+    paypal_client_id: Annotated[str, Field(min_length=1, max_length=128)] = "payledger-dev-client"
+    paypal_client_secret: SecretStr = SecretStr("payledger-dev-paypal-secret")
+    # PayPal's official OpenAPI files; unset, ../shared/specs/paypal beside the repo.
+    paypal_specs_dir: Path | None = None
+    prism_version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = "5.14.2"
+    paypal_mock_port: Port = 14010  # the gateway: what paypal_api_base_url points at
+    paypal_mock_orders_port: Port = 14011  # Prism serving checkout_orders_v2.json
+    paypal_mock_payments_port: Port = 14012  # Prism serving payments_payment_v2.json
+    # Lifetime of the gateway's access tokens (PayPal's own are about 9 hours).
+    paypal_mock_token_ttl_s: Annotated[int, Field(ge=1, le=86_400)] = 32_400
+
+    # Coinbase Commerce: https://api.commerce.coinbase.com in production;
+    # unset, the local fake.
+    coinbase_api_base_url: str | None = None
+    coinbase_api_key: SecretStr = SecretStr("payledger-dev-coinbase-key")
+    # The X-CC-Version the adapter sends: the API version its shapes follow.
+    coinbase_api_version: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] = (
+        "2018-03-22"
+    )
+    coinbase_mock_port: Port = 14020
+
     # Schema registry: the built-in file-backed one unless an external URL is given.
     schema_registry_url: str | None = None
 
@@ -129,12 +176,41 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("paypal_specs_dir")
+    @classmethod
+    def _absolute_or_unset(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("stripe_api_base_url", "paypal_api_base_url", "coinbase_api_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # A typo here would send payment calls somewhere unexpected: refuse
+        # anything that is not a plain http(s) base URL, and drop a trailing
+        # slash so paths join one way.
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// base URL without query or fragment")
+        return value.rstrip("/")
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.topic_min_insync_replicas > self.topic_replication_factor:
             raise ValueError("topic_min_insync_replicas cannot exceed topic_replication_factor")
         if self.kafka_port == self.kafka_controller_port:
             raise ValueError("kafka_port and kafka_controller_port must differ")
+        mock_ports = [
+            self.stripe_mock_port,
+            self.stripe_mock_https_port,
+            self.paypal_mock_port,
+            self.paypal_mock_orders_port,
+            self.paypal_mock_payments_port,
+            self.coinbase_mock_port,
+        ]
+        if len(set(mock_ports)) != len(mock_ports):
+            raise ValueError("the provider mock ports must all differ")
+        if self.provider_connect_timeout_s > self.provider_timeout_s:
+            raise ValueError("provider_connect_timeout_s cannot exceed provider_timeout_s")
         return self
 
     # Derived values. They are methods, not fields, so they can never disagree
@@ -157,6 +233,20 @@ class Settings(BaseSettings):
 
     def registry_url(self) -> str:
         return self.schema_registry_url or f"http://{self.http_host}:{self.http_port}"
+
+    def stripe_base_url(self) -> str:
+        return self.stripe_api_base_url or f"http://{self.mocks_host}:{self.stripe_mock_port}"
+
+    def paypal_base_url(self) -> str:
+        return self.paypal_api_base_url or f"http://{self.mocks_host}:{self.paypal_mock_port}"
+
+    def coinbase_base_url(self) -> str:
+        return self.coinbase_api_base_url or f"http://{self.mocks_host}:{self.coinbase_mock_port}"
+
+    def paypal_specs_path(self) -> Path:
+        # The specs live in the shared folder beside the repo, not in it: they
+        # are PayPal's files, kept verbatim under PayPal's licence.
+        return self.paypal_specs_dir or _REPO_ROOT.parent / "shared" / "specs" / "paypal"
 
     @property
     def keys_dir(self) -> Path:

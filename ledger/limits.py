@@ -70,3 +70,23 @@ SEALED_PLAINTEXT_BYTES_MAX: Final = 16_384  # one customer's sealed record (name
 CUSTOMER_KEY_CACHE_ENTRIES_MAX: Final = 10_000  # unwrapped data keys held by one process
 CUSTOMER_KEY_CACHE_TTL_S: Final = 60.0  # how long an erased key may live on in a running process
 ERASURE_PUBLISH_TIMEOUT_S: Final = 60.0  # waiting for the broker's ack of an erasure fact
+
+# Payment providers (outbound calls from the stream processors).
+PROVIDER_TIMEOUT_S_MAX: Final = 60.0  # upper bound of the configurable whole-call deadline
+PROVIDER_CONNECT_TIMEOUT_S_MAX: Final = 30.0  # upper bound of the configurable connect timeout
+PROVIDER_RESPONSE_BYTES_MAX: Final = 1_048_576  # one provider response body; larger is refused
+# PayPal-Request-Id allows 108 characters, the fewest of the three providers
+# (Stripe's Idempotency-Key allows 255), so one key fits every provider.
+PROVIDER_IDEMPOTENCY_KEY_CHARS_MAX: Final = 108
+PROVIDER_ERROR_DETAIL_CHARS_MAX: Final = 500  # provider error text kept in a ProviderError
+# A cached PayPal access token is replaced this long before PayPal says it
+# expires, so a request never leaves with a token that expires in flight.
+PAYPAL_TOKEN_REFRESH_MARGIN_S: Final = 60.0
+PAYPAL_TOKEN_TTL_S_MIN: Final = 1.0  # an expires_in below this is treated as broken
+COINBASE_DEDUP_ENTRIES_MAX: Final = 100_000  # idempotency records one Coinbase adapter keeps
+
+# Local provider mocks (stripe-mock, Prism, the Coinbase and PayPal fakes).
+MOCK_INSTALL_TIMEOUT_S: Final = 900.0  # one `go install` or `npm install`, cold caches
+MOCK_PROBE_TIMEOUT_S: Final = 2.0  # one readiness probe of a mock
+MOCK_RECORDED_REQUESTS_MAX: Final = 1_000  # requests a fake remembers for tests to inspect
+MOCK_REQUEST_BODY_BYTES_MAX: Final = 1_048_576  # one request body a fake accepts

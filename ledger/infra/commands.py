@@ -17,6 +17,7 @@ import click
 
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
+from ledger.infra.mocks import MockStack
 from ledger.infra.part import Layout, PartStatus
 from ledger.infra.procs import tail
 from ledger.infra.stack import Stack
@@ -69,9 +70,10 @@ def _settings() -> Settings:
 
 
 def _print_statuses(statuses: list[PartStatus]) -> None:
+    name_width = max([9, *(len(status.name) for status in statuses)])
     for status in statuses:
         pid = f"pid {status.pid}" if status.pid else ""
-        click.echo(f"{status.name:<9} {status.state.value:<9} {pid}".rstrip())
+        click.echo(f"{status.name:<{name_width}} {status.state.value:<9} {pid}".rstrip())
         width = max((len(key) for key in status.endpoints), default=0)
         for key, value in status.endpoints.items():
             click.echo(f"          {key:<{width}}  {value}")
@@ -87,11 +89,19 @@ def infra() -> None:
 
 
 @infra.command()
+@click.option(
+    "--with-mocks",
+    is_flag=True,
+    help="Also start the payment providers' local mocks (stripe-mock, Prism, fakes).",
+)
 @_clean_errors
-def up() -> None:
+def up(with_mocks: bool) -> None:
     """Install what is missing, start what is not running, wait until ready."""
     started = time.monotonic()
-    statuses = Stack(_settings()).up(progress=_progress)
+    settings = _settings()
+    statuses = Stack(settings).up(progress=_progress)
+    if with_mocks:
+        statuses += MockStack(settings).up(progress=_progress)
     _print_statuses(statuses)
     click.echo(f"infra up in {time.monotonic() - started:.1f} s", err=True)
 
@@ -99,8 +109,13 @@ def up() -> None:
 @infra.command()
 @_clean_errors
 def down() -> None:
-    """Stop Kafka and Postgres (data is kept; the token stays)."""
-    _print_statuses(Stack(_settings()).down(progress=_progress))
+    """Stop Kafka, Postgres and any running provider mocks (data is kept; the token stays)."""
+    settings = _settings()
+    mocks = MockStack(settings)
+    # Mocks are listed only if some ran: most stacks never start them.
+    mocks_ran = any(status.pid is not None for status in mocks.status())
+    statuses = mocks.down(progress=_progress) if mocks_ran else []
+    _print_statuses(Stack(settings).down(progress=_progress) + statuses)
 
 
 @infra.command()

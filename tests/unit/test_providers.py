@@ -1,0 +1,477 @@
+"""Provider adapters without a peer: error classification, money formats, references,
+OAuth token handling and the Coinbase idempotency record, over httpx.MockTransport.
+
+The same adapters run against their real peers in
+tests/integration/test_provider_contracts.py; here each failure mode is
+produced on demand, which no mock server offers for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import stripe
+from pydantic import SecretStr
+
+from ledger import limits
+from ledger.envelope import CaptureMethod, Money, Provider
+from streams.providers import provider_for
+from streams.providers.base import (
+    CreatePayment,
+    FailureKind,
+    Operation,
+    PaymentProvider,
+    ProviderError,
+    derive_idempotency_key,
+    kind_for_status,
+)
+from streams.providers.coinbase import CoinbaseProvider, MemoryDedupStore
+from streams.providers.paypal import PayPalProvider, paypal_value
+from streams.providers.stripe import StripeProvider, _failure
+
+Handler = Callable[[httpx.Request], httpx.Response]
+KEY = derive_idempotency_key(uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057"))
+
+
+def _payment(method: CaptureMethod = CaptureMethod.MANUAL, amount: int = 1050) -> CreatePayment:
+    return CreatePayment("pay_1", Money(amount, "EUR"), method, "unit test")
+
+
+def _paypal(handler: Handler) -> PayPalProvider:
+    return PayPalProvider(
+        base_url="http://paypal.test",
+        client_id="id",
+        client_secret=SecretStr("secret"),
+        timeout_s=5,
+        connect_timeout_s=1,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def _stripe(handler: Handler) -> StripeProvider:
+    return StripeProvider(
+        api_key=SecretStr("sk_test_unit"),
+        base_url="http://stripe.test",
+        timeout_s=5,
+        connect_timeout_s=1,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def _coinbase(handler: Handler, dedup: MemoryDedupStore | None = None) -> CoinbaseProvider:
+    return CoinbaseProvider(
+        base_url="http://coinbase.test",
+        api_key=SecretStr("key"),
+        api_version="2018-03-22",
+        timeout_s=5,
+        connect_timeout_s=1,
+        dedup=dedup,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def _token(request: httpx.Request) -> httpx.Response | None:
+    if request.url.path == "/v1/oauth2/token":
+        return httpx.Response(200, json={"access_token": "T1", "expires_in": 32400})
+    return None
+
+
+ORDER = {
+    "id": "5O190127TN364715T",
+    "status": "CREATED",
+    "purchase_units": [{"amount": {"currency_code": "EUR", "value": "10.50"}}],
+    "links": [{"rel": "approve", "href": "https://paypal.test/approve"}],
+}
+
+
+# ---- classification -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        (400, FailureKind.REJECTED, False),
+        (401, FailureKind.UNAUTHORIZED, False),
+        (403, FailureKind.UNAUTHORIZED, False),
+        (404, FailureKind.NOT_FOUND, False),
+        (408, FailureKind.UNAVAILABLE, True),
+        (409, FailureKind.UNAVAILABLE, True),
+        (422, FailureKind.REJECTED, False),
+        (429, FailureKind.RATE_LIMITED, True),
+        (500, FailureKind.UNAVAILABLE, True),
+        (503, FailureKind.UNAVAILABLE, True),
+    ],
+)
+def test_http_status_classification(status: int, kind: FailureKind, retryable: bool) -> None:
+    assert kind_for_status(status) is kind
+    error = ProviderError(Provider.STRIPE, Operation.CREATE, kind, "x", status_code=status)
+    assert error.retryable is retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "retryable", "code"),
+    [
+        (503, {"name": "INTERNAL_SERVER_ERROR"}, FailureKind.UNAVAILABLE, True, None),
+        (429, {"name": "RATE_LIMIT_REACHED"}, FailureKind.RATE_LIMITED, True, None),
+        (
+            422,
+            {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "AMOUNT_MISMATCH"}]},
+            FailureKind.REJECTED,
+            False,
+            "AMOUNT_MISMATCH",
+        ),
+    ],
+)
+async def test_paypal_http_errors(
+    status: int, body: dict[str, object], kind: FailureKind, retryable: bool, code: str | None
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _token(request) or httpx.Response(status, json=body, headers={"Retry-After": "7"})
+
+    async with _paypal(handler) as adapter:
+        with pytest.raises(ProviderError) as caught:
+            await adapter.create(_payment(), idempotency_key=KEY)
+    assert (caught.value.kind, caught.value.retryable) == (kind, retryable)
+    assert caught.value.status_code == status
+    assert caught.value.retry_after_s == 7
+    if code is not None:
+        assert caught.value.provider_code == code
+
+
+@pytest.mark.parametrize(
+    ("exception", "kind"),
+    [
+        (httpx.ReadTimeout("slow"), FailureKind.TIMEOUT),
+        (httpx.ConnectTimeout("slow"), FailureKind.TIMEOUT),
+        (httpx.ConnectError("refused"), FailureKind.CONNECTION),
+        (httpx.RemoteProtocolError("reset"), FailureKind.CONNECTION),
+    ],
+)
+async def test_transport_failures_are_retryable(exception: Exception, kind: FailureKind) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exception
+
+    for adapter in (_paypal(handler), _coinbase(handler)):
+        async with adapter:
+            with pytest.raises(ProviderError) as caught:
+                await adapter.create(_payment(CaptureMethod.AUTOMATIC), idempotency_key=KEY)
+        assert caught.value.kind is kind
+        assert caught.value.retryable
+
+
+async def test_unreadable_success_is_a_bad_response() -> None:
+    too_large = b"x" * (limits.PROVIDER_RESPONSE_BYTES_MAX + 1)
+    for body in (b"<html>not json</html>", too_large):
+
+        def handler(request: httpx.Request, body: bytes = body) -> httpx.Response:
+            return _token(request) or httpx.Response(201, content=body)
+
+        async with _paypal(handler) as adapter:
+            with pytest.raises(ProviderError) as caught:
+                await adapter.create(_payment(), idempotency_key=KEY)
+        assert caught.value.kind is FailureKind.BAD_RESPONSE
+        assert not caught.value.retryable
+
+
+# ---- Stripe ---------------------------------------------------------------------
+
+
+def _intent(**fields: object) -> dict[str, object]:
+    return {
+        "id": "pi_1",
+        "object": "payment_intent",
+        "amount": 1050,
+        "amount_received": 0,
+        "currency": "eur",
+        "status": "requires_payment_method",
+        **fields,
+    }
+
+
+async def test_stripe_request_shape_and_echo() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"Idempotency-Key": request.headers["idempotency-key"], "Request-Id": "req_9"}
+        return httpx.Response(200, json=_intent(), headers=headers)
+
+    async with _stripe(handler) as adapter:
+        result = await adapter.create(_payment(), idempotency_key=KEY)
+    form = parse_qs(seen[0].content.decode())
+    assert form["amount"] == ["1050"]
+    assert form["currency"] == ["eur"]
+    assert form["capture_method"] == ["manual"]
+    assert form["metadata[payledger_payment_id]"] == ["pay_1"]
+    assert seen[0].headers["idempotency-key"] == KEY
+    assert result.peer_idempotency_key == KEY
+    assert result.request_id == "req_9"
+    assert result.amount == Money(1050, "EUR")
+    assert not result.replayed
+
+
+async def test_stripe_server_error_and_should_retry_header() -> None:
+    responses = iter(
+        [
+            httpx.Response(500, json={"error": {"type": "api_error", "message": "boom"}}),
+            # Stripe's own verdict beats the status code rule.
+            httpx.Response(
+                500,
+                json={"error": {"type": "api_error", "message": "no"}},
+                headers={"Stripe-Should-Retry": "false"},
+            ),
+            httpx.Response(
+                400,
+                json={"error": {"type": "idempotency_error", "message": "reused key"}},
+            ),
+        ]
+    )
+    outcomes = []
+    async with _stripe(lambda request: next(responses)) as adapter:
+        for _ in range(3):
+            with pytest.raises(ProviderError) as caught:
+                await adapter.cancel("pi_1", idempotency_key=KEY)
+            outcomes.append((caught.value.kind, caught.value.retryable))
+    assert outcomes == [
+        (FailureKind.UNAVAILABLE, True),
+        (FailureKind.UNAVAILABLE, False),
+        (FailureKind.REJECTED, False),
+    ]
+
+
+def test_stripe_connection_errors_tell_timeouts_apart() -> None:
+    for cause, kind in (
+        (httpx.ReadTimeout("slow"), FailureKind.TIMEOUT),
+        (httpx.ConnectError("refused"), FailureKind.CONNECTION),
+    ):
+        error = stripe.APIConnectionError("no answer", should_retry=True)  # type: ignore[no-untyped-call]
+        error.__cause__ = cause
+        failure = _failure(Operation.CAPTURE, error)
+        assert (failure.kind, failure.retryable) == (kind, True)
+
+
+async def test_stripe_three_decimal_amounts_are_multiples_of_ten() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json=_intent())
+
+    async with _stripe(handler) as adapter:
+        with pytest.raises(ProviderError) as caught:
+            await adapter.capture("pi_1", Money(1235, "KWD"), idempotency_key=KEY)
+    assert caught.value.kind is FailureKind.INVALID_INPUT
+    assert calls == []
+
+
+# ---- PayPal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("money", "value"),
+    [
+        (Money(1050, "EUR"), "10.50"),
+        (Money(5, "USD"), "0.05"),
+        (Money(100, "JPY"), "100"),
+        (Money(1234, "BHD"), "1.234"),
+        (Money(1000, "HUF"), "10"),  # PayPal: HUF in whole forints
+    ],
+)
+def test_paypal_money(money: Money, value: str) -> None:
+    assert paypal_value(Operation.CREATE, money) == {
+        "currency_code": money.currency,
+        "value": value,
+    }
+
+
+@pytest.mark.parametrize("money", [Money(1050, "HUF"), Money(0, "EUR"), Money(100, "XXX")])
+def test_paypal_money_refused(money: Money) -> None:
+    with pytest.raises(ProviderError) as caught:
+        paypal_value(Operation.CREATE, money)
+    assert caught.value.kind is FailureKind.INVALID_INPUT
+
+
+async def test_paypal_create_sends_and_reads() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _token(request) or httpx.Response(201, json=ORDER)
+
+    async with _paypal(handler) as adapter:
+        result = await adapter.create(_payment(), idempotency_key=KEY)
+    token_request, create_request = seen
+    assert token_request.headers["authorization"].startswith("Basic ")
+    assert parse_qs(token_request.content.decode()) == {"grant_type": ["client_credentials"]}
+    assert create_request.headers["authorization"] == "Bearer T1"
+    assert create_request.headers["paypal-request-id"] == KEY
+    assert create_request.headers["prefer"] == "return=representation"
+    assert json.loads(create_request.content) == {
+        "intent": "AUTHORIZE",
+        "purchase_units": [
+            {
+                "custom_id": "pay_1",
+                "amount": {"currency_code": "EUR", "value": "10.50"},
+                "description": "unit test",
+            }
+        ],
+    }
+    assert result.ref == "order:5O190127TN364715T"
+    assert result.amount == Money(1050, "EUR")
+    assert result.customer_action_url == "https://paypal.test/approve"
+    assert not result.replayed  # 201: a first call
+
+
+async def test_paypal_token_is_cached_and_renewed_once_after_401() -> None:
+    tokens = iter(["T1", "T2", "T3"])
+    log: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth2/token":
+            token = next(tokens)
+            log.append(f"token {token}")
+            return httpx.Response(200, json={"access_token": token, "expires_in": 32400})
+        bearer = request.headers["authorization"].removeprefix("Bearer ")
+        log.append(f"call {bearer}")
+        # T1 is revoked after two uses; T2 works.
+        if bearer == "T1" and log.count("call T1") > 2:
+            return httpx.Response(401, json={"error": "invalid_token"})
+        return httpx.Response(201, json=ORDER)
+
+    async with _paypal(handler) as adapter:
+        for _ in range(3):
+            await adapter.create(_payment(), idempotency_key=KEY)
+    assert log == ["token T1", "call T1", "call T1", "call T1", "token T2", "call T2"]
+
+
+async def test_paypal_persistent_401_is_not_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _token(request) or httpx.Response(401, json={"error": "invalid_token"})
+
+    async with _paypal(handler) as adapter:
+        with pytest.raises(ProviderError) as caught:
+            await adapter.create(_payment(), idempotency_key=KEY)
+    assert caught.value.kind is FailureKind.UNAUTHORIZED
+    assert not caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    "ref", ["5O190127TN364715T", "capture:ABC", "order:../../v1/oauth2", "order:", "order:A?B"]
+)
+async def test_paypal_refuses_references_it_did_not_make(ref: str) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(500)
+
+    async with _paypal(handler) as adapter:
+        with pytest.raises(ProviderError) as caught:
+            await adapter.cancel(ref, idempotency_key=KEY)
+    assert caught.value.kind is FailureKind.INVALID_INPUT
+    assert calls == []
+
+
+# ---- Coinbase -------------------------------------------------------------------
+
+
+def _charge(status: str = "NEW") -> dict[str, object]:
+    return {
+        "data": {
+            "id": "7cbd7c7a-47f4-439a-b8b5-256204b3ad56",
+            "hosted_url": "https://commerce.coinbase.com/charges/ABCDEFGH",
+            "pricing": {"local": {"amount": "10.50", "currency": "EUR"}},
+            "timeline": [{"status": "NEW"}, {"status": status}],
+        }
+    }
+
+
+async def test_coinbase_create_sends_and_replays() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=_charge())
+
+    async with _coinbase(handler) as adapter:
+        first = await adapter.create(_payment(CaptureMethod.AUTOMATIC), idempotency_key=KEY)
+        again = await adapter.create(_payment(CaptureMethod.AUTOMATIC), idempotency_key=KEY)
+    assert len(seen) == 1
+    assert seen[0].headers["x-cc-api-key"] == "key"
+    assert seen[0].headers["x-cc-version"] == "2018-03-22"
+    body = json.loads(seen[0].content)
+    assert body["local_price"] == {"amount": "10.50", "currency": "EUR"}
+    assert body["metadata"] == {"payledger_payment_id": "pay_1", "payledger_idempotency_key": KEY}
+    assert (first.ref, first.status, first.amount) == (
+        "7cbd7c7a-47f4-439a-b8b5-256204b3ad56",
+        "NEW",
+        Money(1050, "EUR"),
+    )
+    assert not first.replayed
+    assert again == dataclasses.replace(first, replayed=True)
+
+
+async def test_coinbase_failed_call_is_not_recorded() -> None:
+    responses = iter([httpx.Response(503, json={"error": {"type": "service_unavailable"}})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(responses, httpx.Response(201, json=_charge()))
+
+    async with _coinbase(handler) as adapter:
+        with pytest.raises(ProviderError) as caught:
+            await adapter.create(_payment(CaptureMethod.AUTOMATIC), idempotency_key=KEY)
+        assert caught.value.retryable
+        assert caught.value.provider_code == "service_unavailable"
+        retried = await adapter.create(_payment(CaptureMethod.AUTOMATIC), idempotency_key=KEY)
+    assert not retried.replayed
+
+
+def test_coinbase_dedup_store_is_bounded() -> None:
+    store = MemoryDedupStore(entries_max=2)
+    record = object()
+    for key in ("a", "b", "c"):
+        store.put(key, record)  # type: ignore[arg-type]
+    assert store.get("a") is None
+    assert store.get("b") is record and store.get("c") is record
+
+
+# ---- the interface ------------------------------------------------------------------
+
+
+def test_every_adapter_is_a_payment_provider() -> None:
+    from ledger.config import Settings
+
+    settings = Settings()
+    for provider in Provider:
+        adapter = provider_for(settings, provider)
+        assert isinstance(adapter, PaymentProvider)
+        assert adapter.provider is provider
+
+
+def test_idempotency_keys_are_derived_deterministically() -> None:
+    event = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057")
+    assert derive_idempotency_key(event) == f"payledger-{event}"
+    assert derive_idempotency_key(str(event), "authorize") == f"payledger-{event}-authorize"
+    assert len(derive_idempotency_key(event, "x" * 50)) <= limits.PROVIDER_IDEMPOTENCY_KEY_CHARS_MAX
+    with pytest.raises(ValueError, match="too long"):
+        derive_idempotency_key(event, "x" * 100)
+    with pytest.raises(ValueError, match="badly formed"):
+        derive_idempotency_key("not-a-uuid")
+
+
+@pytest.mark.parametrize("bad", [{"payment_id": ""}, {"amount": Money(0, "EUR")}])
+def test_create_payment_refuses_what_no_provider_accepts(bad: dict[str, object]) -> None:
+    fields: dict[str, object] = {
+        "payment_id": "pay_1",
+        "amount": Money(1, "EUR"),
+        "capture_method": CaptureMethod.AUTOMATIC,
+        **bad,
+    }
+    with pytest.raises(ValueError):
+        CreatePayment(**fields)  # type: ignore[arg-type]
