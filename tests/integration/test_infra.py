@@ -62,7 +62,12 @@ def _kafka_metadata(settings: Settings) -> tuple[list[int], list[str]]:
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers()})
     created = admin.create_topics([NewTopic("it.probe", num_partitions=2, replication_factor=1)])
     created["it.probe"].result(timeout=30)
+    # A created topic reaches the broker's metadata cache a moment later.
+    deadline = time.monotonic() + 30
     metadata = admin.list_topics(timeout=30)
+    while "it.probe" not in metadata.topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+        metadata = admin.list_topics(timeout=30)
     return sorted(metadata.brokers), sorted(metadata.topics)
 
 

@@ -64,6 +64,10 @@ def _spec(settings: Settings, role: TopicRole) -> TopicSpec:
 async def _create(admin: Any, name: str, partitions: int, configs: dict[str, str]) -> None:
     response = await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
     assert [t["error_code"] for t in response.to_object()["topic_errors"]] == [0]
+    # The controller has the topic; wait until the broker's metadata shows it too.
+    async with asyncio.timeout(30):
+        while not any(t["topic"] == name for t in await admin.describe_topics()):
+            await asyncio.sleep(0.2)
 
 
 async def _snapshot(admin: Any, names: Sequence[str]) -> dict[str, tuple[Any, ...]]:
