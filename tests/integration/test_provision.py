@@ -66,7 +66,9 @@ async def _create(admin: Any, name: str, partitions: int, configs: dict[str, str
     assert [t["error_code"] for t in response.to_object()["topic_errors"]] == [0]
     # The controller has the topic; wait until the broker's metadata shows it too.
     async with asyncio.timeout(30):
-        while not any(t["topic"] == name for t in await admin.describe_topics()):
+        while True:  # polling the broker: there is no in-process event to wait on
+            if any(t["topic"] == name for t in await admin.describe_topics()):
+                break
             await asyncio.sleep(0.2)
 
 
