@@ -90,3 +90,9 @@ MOCK_INSTALL_TIMEOUT_S: Final = 900.0  # one `go install` or `npm install`, cold
 MOCK_PROBE_TIMEOUT_S: Final = 2.0  # one readiness probe of a mock
 MOCK_RECORDED_REQUESTS_MAX: Final = 1_000  # requests a fake remembers for tests to inspect
 MOCK_REQUEST_BODY_BYTES_MAX: Final = 1_048_576  # one request body a fake accepts
+
+# Stream processors (streams.app, streams.agents).
+PROVIDER_CALL_ATTEMPTS_MAX: Final = 5  # tries of one provider call (timeouts, 5xx), first included
+PROVIDER_RETRY_BACKOFF_BASE_S: Final = 0.2  # wait before the second try; doubled each time
+PROVIDER_RETRY_BACKOFF_MAX_S: Final = 5.0  # longest single wait between two tries
+STREAMS_SHUTDOWN_TIMEOUT_S: Final = 30.0  # a worker's clean stop, before it is killed
