@@ -7,16 +7,17 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ledger.cli import main
-from ledger.infra.ports import free_port
+from ledger.infra.ports import free_ports
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
     # Explicit ports: a stack the test session runs elsewhere must not matter.
+    kafka, controller, postgres = free_ports(3)
     return {
         "PAYLEDGER_STATE_DIR": str(tmp_path / "state"),
-        "PAYLEDGER_KAFKA_PORT": str(free_port()),
-        "PAYLEDGER_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "PAYLEDGER_POSTGRES_PORT": str(free_port()),
+        "PAYLEDGER_KAFKA_PORT": str(kafka),
+        "PAYLEDGER_KAFKA_CONTROLLER_PORT": str(controller),
+        "PAYLEDGER_POSTGRES_PORT": str(postgres),
     }
 
 

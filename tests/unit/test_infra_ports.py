@@ -13,7 +13,14 @@ from click.testing import CliRunner
 from ledger.cli import main
 from ledger.config import Settings
 from ledger.errors import PortInUseError
-from ledger.infra.ports import PortUse, check_ports, free_port, port_is_free, tcp_answers
+from ledger.infra.ports import (
+    PortUse,
+    check_ports,
+    free_port,
+    free_ports,
+    port_is_free,
+    tcp_answers,
+)
 from ledger.infra.stack import Stack
 
 
@@ -59,10 +66,11 @@ def test_tcp_answers(listening: int) -> None:
 
 
 def test_stack_up_fails_on_a_taken_port_before_any_work(tmp_path: Path, listening: int) -> None:
+    kafka_port, controller_port = free_ports(2)
     settings = Settings(
         state_dir=tmp_path / "state",
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
+        kafka_port=kafka_port,
+        kafka_controller_port=controller_port,
         postgres_port=listening,
     )
     with pytest.raises(PortInUseError, match="PAYLEDGER_POSTGRES_PORT"):
