@@ -96,3 +96,10 @@ PROVIDER_CALL_ATTEMPTS_MAX: Final = 5  # tries of one provider call (timeouts, 5
 PROVIDER_RETRY_BACKOFF_BASE_S: Final = 0.2  # wait before the second try; doubled each time
 PROVIDER_RETRY_BACKOFF_MAX_S: Final = 5.0  # longest single wait between two tries
 STREAMS_SHUTDOWN_TIMEOUT_S: Final = 30.0  # a worker's clean stop, before it is killed
+# Provider events read before their payment's CREATE, held in the payment's
+# table entry and applied right after the CREATE. One more (by count or by
+# bytes) is dead-lettered with an audit fact instead, as are held events that
+# still do not apply then. The byte bound keeps the table value (one
+# changelog record) well under ENVELOPE_BYTES_MAX.
+STREAMS_HELD_EVENTS_PER_PAYMENT_MAX: Final = 16
+STREAMS_HELD_EVENT_BYTES_PER_PAYMENT_MAX: Final = 262_144  # their wire bytes together

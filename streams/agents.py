@@ -6,13 +6,33 @@ read from their topic and:
 1. decode and verify it (a poison record -- undecodable, unknown schema id,
    bad or unknown signature -- becomes a ``DeadLetter`` on the rejected topic
    and nothing else happens);
-2. apply the state machine to the payment's state, read from the table;
-3. for an accepted CREATE, call the payment's provider with an idempotency key
-   derived from the command's event id, retrying timeouts and 5xx with bounded
-   exponential backoff (``ledger.limits.PROVIDER_*``);
+2. apply the state machine to the payment's state, read from the table
+   (a ``streams.state.Entry``: the state, the provider's reference, and any
+   held provider events);
+3. for an accepted command, call the payment's provider -- CREATE, CAPTURE,
+   CANCEL or REFUND -- with an idempotency key derived from the command's
+   event id (``derive_idempotency_key(event_id)`` for CREATE,
+   ``derive_idempotency_key(event_id, operation)`` for the others), against
+   the reference the previous call returned, retrying timeouts, 429 and 5xx
+   with bounded exponential backoff (``ledger.limits.PROVIDER_*``). A call
+   that fails for good (non-retryable, or out of tries) is published as an
+   ``AuditFact`` ``payment.provider-call-failed`` on audit-facts and a
+   ``DeadLetter`` of the command (error class ``provider-call-failed``) on
+   rejected; the command's ``*_REQUESTED`` event stands, and the merchant
+   sends a new command (a replay of the same one is a duplicate);
 4. emit the decision: its payment events on payment-events, or for a
    rejection a ``DeadLetter`` on rejected and an ``AuditFact`` on audit-facts;
-   and write the new state back to the table.
+   and write the new entry back to the table.
+
+A provider event read before its payment's CREATE (the machine's retryable
+rejection) is not dead-lettered: it is held in the payment's entry and
+applied right after the CREATE, in the order read. At most
+``limits.STREAMS_HELD_EVENTS_PER_PAYMENT_MAX`` events and
+``STREAMS_HELD_EVENT_BYTES_PER_PAYMENT_MAX`` wire bytes are held per payment;
+one beyond either bound, and a held event that still does not apply after the
+CREATE, gets a dead letter and an audit fact like any rejection. A
+redelivery of a held provider event id is not held twice. Held events of a
+payment whose CREATE never comes stay in the table.
 
 Records are emitted through ``Emit``: in the Faust app, the app's own
 transactional producer, so they commit together with the consumed offset and
@@ -24,10 +44,13 @@ topic in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, Literal
 
 import ledger.envelope as envelope_module
 from ledger import limits
@@ -40,8 +63,10 @@ from ledger.envelope import (
     CommandKind,
     DeadLetter,
     Envelope,
+    Money,
     PaymentCommand,
     Provider,
+    ProviderEvent,
     derived_event_id,
     utc_now,
 )
@@ -68,12 +93,28 @@ log = logging.getLogger(__name__)
 SOURCE = "/payledger/streams"
 POISON_ERROR_CLASS = "invalid-envelope"
 PROVIDER_FAILED_FACT_TYPE = "payment.provider-call-failed"
+PROVIDER_FAILED_ERROR_CLASS = "provider-call-failed"
+# What ``Processor`` returns for a provider event held until its payment's CREATE.
+HELD: Final = "held"
+_HOLD_FULL = (
+    f"not held: the payment already holds {limits.STREAMS_HELD_EVENTS_PER_PAYMENT_MAX} events"
+    f" or {limits.STREAMS_HELD_EVENT_BYTES_PER_PAYMENT_MAX} bytes"
+)
 
 Headers = list[tuple[str, bytes]]
 # (topic, key, value, headers) -> awaitable broker acknowledgement (or None).
 Emit = Callable[[str, bytes, bytes, Headers], Awaitable[object]]
 # The payment table: payment id (bytes) -> serialized PaymentState (bytes).
 Table = MutableMapping[bytes, bytes]
+# The outcome of one record: None for a poison record, HELD for a held one.
+Result = Outcome | Literal["held"] | None
+
+_OPERATIONS = {
+    CommandKind.CREATE: Operation.CREATE,
+    CommandKind.CAPTURE: Operation.CAPTURE,
+    CommandKind.CANCEL: Operation.CANCEL,
+    CommandKind.REFUND: Operation.REFUND,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +195,10 @@ class Processor:
 
     # The two agents ---------------------------------------------------------
 
-    async def command(self, record: Record, table: Table, emit: Emit) -> Outcome | None:
+    async def command(self, record: Record, table: Table, emit: Emit) -> Result:
         return await self._process(record, table, emit, machine.apply_command)
 
-    async def provider_event(self, record: Record, table: Table, emit: Emit) -> Outcome | None:
+    async def provider_event(self, record: Record, table: Table, emit: Emit) -> Result:
         return await self._process(record, table, emit, machine.apply_provider_event)
 
     async def _process(
@@ -166,7 +207,7 @@ class Processor:
         table: Table,
         emit: Emit,
         apply: Callable[[PaymentState | None, Envelope], Decision],
-    ) -> Outcome | None:
+    ) -> Result:
         trace = TraceContext.parse(header_value(record.headers, "traceparent"))
         trace = trace.child() if trace else TraceContext.new()
         try:
@@ -176,66 +217,193 @@ class Processor:
             return None
         key = envelope.aggregate_id.encode()
         stored = table.get(key)
-        before = state_codec.loads(stored) if stored is not None else None
-        decision = apply(before, envelope)
+        entry = state_codec.loads_entry(stored) if stored is not None else state_codec.Entry()
+        decision = apply(entry.state, envelope)
         if decision.outcome is Outcome.REJECTED:
             assert decision.rejection is not None
+            if decision.rejection.retryable and entry.state is None:
+                held = _hold(record, envelope, entry)
+                if held is not None:
+                    if held is not entry:
+                        table[key] = state_codec.dumps_entry(held)
+                    log.info("holding %s until %s is created", envelope.event_id, key.decode())
+                    return HELD
+                decision = dataclasses.replace(
+                    decision,
+                    rejection=dataclasses.replace(
+                        decision.rejection,
+                        detail=f"{decision.rejection.detail}; {_HOLD_FULL}"[
+                            : envelope_module.NOTE_CHARS_MAX
+                        ],
+                        retryable=False,
+                    ),
+                )
             await self._reject(record, envelope, decision, emit, trace)
             return decision.outcome
         if decision.outcome is Outcome.DUPLICATE:
             return decision.outcome
+        assert decision.state is not None
+        ref = entry.provider_ref
         if isinstance(envelope.payload, PaymentCommand):
-            await self._call_provider(envelope, envelope.payload, decision, emit, trace)
+            ref = await self._call_provider(
+                record, envelope, envelope.payload, decision, ref, emit, trace
+            )
+        await self._emit_events(decision, emit, trace)
+        after = state_codec.Entry(state=decision.state, provider_ref=ref, held=entry.held)
+        if entry.state is None and entry.held:
+            after = await self._release(after, emit, trace)
+        # A new value, never the stored one changed in place.
+        table[key] = state_codec.dumps_entry(after)
+        return decision.outcome
+
+    async def _emit_events(self, decision: Decision, emit: Emit, trace: TraceContext) -> None:
         topic = self.topics[TopicRole.PAYMENT_EVENTS]
         for event in decision.events:
             await self._emit(topic, event.envelope(producer=SOURCE, now=self._clock()), emit, trace)
-        assert decision.state is not None
-        # A new value, never the stored one changed in place.
-        table[key] = state_codec.dumps(decision.state)
-        return decision.outcome
+
+    async def _release(
+        self, entry: state_codec.Entry, emit: Emit, trace: TraceContext
+    ) -> state_codec.Entry:
+        """Apply the held provider events, in the order read, right after the CREATE.
+
+        Each is verified again; one that does not apply now (or no longer
+        verifies) gets its dead letter and audit fact as if just read.
+        """
+        state = entry.state
+        for held in entry.held:
+            record = Record(
+                topic=held.topic,
+                partition=held.partition,
+                offset=held.offset,
+                key=None,
+                value=held.value,
+                headers=[],
+            )
+            try:
+                envelope = self._verifier.open(held.value)
+            except InvalidEnvelope as error:
+                await self._poison(record, error, emit, trace)
+                continue
+            decision = machine.apply_provider_event(state, envelope)
+            if decision.outcome is Outcome.REJECTED:
+                await self._reject(record, envelope, decision, emit, trace)
+                continue
+            if decision.outcome is Outcome.DUPLICATE:
+                continue
+            await self._emit_events(decision, emit, trace)
+            state = decision.state
+        return state_codec.Entry(state=state, provider_ref=entry.provider_ref)
 
     # Provider calls ---------------------------------------------------------
 
-    async def _call_provider(
+    async def _call_provider(  # noqa: PLR0917 - one call site, all arguments named by role
         self,
+        record: Record,
         command: Envelope,
         payload: PaymentCommand,
         decision: Decision,
+        ref: str | None,
         emit: Emit,
         trace: TraceContext,
-    ) -> None:
-        """CREATE only in this slice; capture, cancel and refund are recorded, not yet called."""
-        if payload.command is not CommandKind.CREATE or decision.state is None:
-            return
+    ) -> str | None:
+        """Make the provider call an accepted command asks for; return the ref to keep.
+
+        The key is derived from the command's event id, so a redelivered
+        command (after a crash, before its offset committed) repeats the same
+        call and the provider answers it with the first outcome. A call that
+        fails for good becomes an ``AuditFact`` (``payment.provider-call-failed``)
+        and a ``DeadLetter`` of the command; the recorded ``*_REQUESTED`` event
+        stays, the ref is kept, and the merchant may send a new command.
+        """
         state = decision.state
+        assert state is not None
+        operation = _OPERATIONS[payload.command]
         provider = self._provider(state.provider)
+        amount = decision.events[0].payload.amount if decision.events else None
         try:
-            key = derive_idempotency_key(command.event_id)
-            request = CreatePayment(
-                payment_id=state.payment_id,
-                amount=state.money(state.amount_minor),
-                capture_method=state.capture_method,
-                description=payload.description,
-            )
-            result = await call_with_retries(lambda: provider.create(request, idempotency_key=key))
+            if operation is Operation.CREATE:
+                key = derive_idempotency_key(command.event_id)
+                request = CreatePayment(
+                    payment_id=state.payment_id,
+                    amount=state.money(state.amount_minor),
+                    capture_method=state.capture_method,
+                    description=payload.description,
+                )
+                result = await call_with_retries(
+                    lambda: provider.create(request, idempotency_key=key)
+                )
+            else:
+                key = derive_idempotency_key(command.event_id, operation.value)
+                if ref is None:
+                    raise ProviderError(
+                        state.provider,
+                        operation,
+                        FailureKind.INVALID_INPUT,
+                        "no provider reference for this payment (its create call failed)",
+                    )
+                result = await call_with_retries(_call(provider, operation, ref, amount, key))
         except (ProviderError, ValueError) as error:
             if isinstance(error, ValueError):
                 error = ProviderError(
-                    state.provider, Operation.CREATE, FailureKind.INVALID_INPUT, str(error)
+                    state.provider, operation, FailureKind.INVALID_INPUT, str(error)
                 )
-            log.error("create at %s failed for %s: %s", state.provider, state.payment_id, error)
-            fact = AuditFact(
-                fact_type=PROVIDER_FAILED_FACT_TYPE,
-                actor=state.provider.value.lower(),
-                subject=state.payment_id,
-                reason=error.kind.value,
-                details={"detail": error.detail[:500], "event_id": command.event_id},
-            )
-            await self._emit_fact(fact, command, "provider-call-failed", emit, trace)
-            return
+            await self._provider_failed(record, command, state, error, emit, trace)
+            return ref
         log.info(
-            "created %s at %s: %s (%s)", state.payment_id, state.provider, result.ref, result.status
+            "%s of %s at %s: %s (%s)",
+            operation,
+            state.payment_id,
+            state.provider,
+            result.ref,
+            result.status,
         )
+        return result.ref
+
+    async def _provider_failed(  # noqa: PLR0917 - one call site, all arguments named by role
+        self,
+        record: Record,
+        command: Envelope,
+        state: PaymentState,
+        error: ProviderError,
+        emit: Emit,
+        trace: TraceContext,
+    ) -> None:
+        log.error(
+            "%s at %s failed for %s: %s", error.operation, state.provider, state.payment_id, error
+        )
+        details = {
+            "detail": error.detail[:500],
+            "event_id": command.event_id,
+            "operation": error.operation.value,
+            "retryable": str(error.retryable).lower(),
+        }
+        if error.status_code is not None:
+            details["status_code"] = str(error.status_code)
+        fact = AuditFact(
+            fact_type=PROVIDER_FAILED_FACT_TYPE,
+            actor=state.provider.value.lower(),
+            subject=state.payment_id,
+            reason=error.kind.value,
+            details=details,
+        )
+        await self._emit_fact(fact, command, "provider-call-failed", emit, trace)
+        letter = DeadLetter(
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+            original_sha256=hashlib.sha256(record.value).digest(),
+            original_bytes=(
+                record.value
+                if len(record.value) <= envelope_module.DEAD_LETTER_ORIGINAL_BYTES_MAX
+                else None
+            ),
+            original_event_id=command.event_id,
+            original_event_type=command.event_type,
+            error_class=PROVIDER_FAILED_ERROR_CLASS,
+            reason=error.kind.value,
+            detail=str(error)[: envelope_module.NOTE_CHARS_MAX],
+        )
+        await self._emit_dead_letter(letter, record, state.payment_id, command, emit, trace)
 
     def _provider(self, provider: Provider) -> PaymentProvider:
         if provider not in self._providers:
@@ -272,8 +440,6 @@ class Processor:
         log.warning(
             "poison record %s[%d]@%d: %s", record.topic, record.partition, record.offset, error
         )
-        import hashlib  # noqa: PLC0415 - only poison needs it
-
         letter = DeadLetter(
             original_topic=record.topic,
             original_partition=record.partition,
@@ -368,6 +534,43 @@ class Processor:
             trace=trace,
             dataschema=f"{self._registry_url}/schemas/ids/{schema_id}",
         )
+
+
+def _call(
+    provider: PaymentProvider, operation: Operation, ref: str, amount: Money | None, key: str
+) -> Callable[[], Awaitable[ProviderResult]]:
+    """The capture, cancel or refund call, ready to be tried (again) with the same key."""
+    if operation is Operation.CAPTURE:
+        return lambda: provider.capture(ref, amount, idempotency_key=key)
+    if operation is Operation.REFUND:
+        return lambda: provider.refund(ref, amount, idempotency_key=key)
+    return lambda: provider.cancel(ref, idempotency_key=key)
+
+
+def _hold(record: Record, envelope: Envelope, entry: state_codec.Entry) -> state_codec.Entry | None:
+    """The entry with this early provider event held; ``entry`` itself if it already is.
+
+    None when the hold is full (``limits.STREAMS_HELD_EVENTS_*``): the caller
+    dead-letters the event with an audit fact, as any rejection.
+    """
+    payload = envelope.payload
+    if not isinstance(payload, ProviderEvent):
+        return None
+    if any(h.provider_event_id == payload.provider_event_id for h in entry.held):
+        return entry  # a redelivery of an event already held
+    if (
+        len(entry.held) >= limits.STREAMS_HELD_EVENTS_PER_PAYMENT_MAX
+        or entry.held_bytes + len(record.value) > limits.STREAMS_HELD_EVENT_BYTES_PER_PAYMENT_MAX
+    ):
+        return None
+    held = state_codec.HeldEvent(
+        provider_event_id=payload.provider_event_id,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        value=record.value,
+    )
+    return dataclasses.replace(entry, held=(*entry.held, held))
 
 
 def _aggregate_of(record: Record) -> str:

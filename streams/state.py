@@ -3,11 +3,18 @@
 The table stores bytes, never pickled objects: the value is this module's
 JSON, so a state written by one release is read by the next, and a changelog
 record can be inspected by hand. ``loads(dumps(s)) == s`` for every state.
+
+The table value itself is an ``Entry`` (``dumps_entry``/``loads_entry``,
+format 2): the state, the provider's reference for the next call, and the
+provider events held until the payment's CREATE. A bare format-1 state is
+still read, as an entry with no reference and nothing held.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -77,4 +84,91 @@ def loads(data: bytes) -> PaymentState:
         seen_provider_event_ids=tuple(record["seen_provider_event_ids"]),
         seen_command_event_ids=tuple(record["seen_command_event_ids"]),
         seen_movement_keys=tuple(record["seen_movement_keys"]),
+    )
+
+
+# --------------------------------------------------------------------------
+# The table value: the state plus what the agent keeps beside it.
+
+ENTRY_FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """A provider event read before its payment's CREATE, kept to apply after it.
+
+    ``value`` is the record exactly as read (the signed wire bytes): it is
+    verified again when it is applied. ``topic``, ``partition`` and
+    ``offset`` say where it was read, for its dead letter if it never applies.
+    """
+
+    provider_event_id: str
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One payment's table value.
+
+    ``state`` is None until the CREATE is applied (only held events so far).
+    ``provider_ref`` is the reference the provider's last successful call
+    returned (``ProviderResult.ref``): what the next capture, cancel or
+    refund takes. The machine has no field for it (``provider_object_id`` is
+    what the provider's events name, not an adapter's reference), so it is
+    kept here. ``held`` is bounded by ``ledger.limits.STREAMS_HELD_EVENTS_*``.
+    """
+
+    state: PaymentState | None = None
+    provider_ref: str | None = None
+    held: tuple[HeldEvent, ...] = ()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(held.value) for held in self.held)
+
+
+def dumps_entry(entry: Entry) -> bytes:
+    record: dict[str, Any] = {
+        "v": ENTRY_FORMAT_VERSION,
+        "state": json.loads(dumps(entry.state)) if entry.state is not None else None,
+        "provider_ref": entry.provider_ref,
+        "held": [
+            {
+                "provider_event_id": held.provider_event_id,
+                "topic": held.topic,
+                "partition": held.partition,
+                "offset": held.offset,
+                "value": base64.b64encode(held.value).decode("ascii"),
+            }
+            for held in entry.held
+        ],
+    }
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+
+
+def loads_entry(data: bytes) -> Entry:
+    """An entry; a bare version-1 state (written before entries existed) is read too."""
+    record = json.loads(data)
+    version = record.get("v")
+    if version == FORMAT_VERSION:
+        return Entry(state=loads(data))
+    if version != ENTRY_FORMAT_VERSION:
+        raise ValueError(f"unknown payment table entry format {version!r}")
+    state = record["state"]
+    return Entry(
+        state=loads(json.dumps(state).encode()) if state is not None else None,
+        provider_ref=record["provider_ref"],
+        held=tuple(
+            HeldEvent(
+                provider_event_id=held["provider_event_id"],
+                topic=held["topic"],
+                partition=held["partition"],
+                offset=held["offset"],
+                value=base64.b64decode(held["value"], validate=True),
+            )
+            for held in record["held"]
+        ),
     )

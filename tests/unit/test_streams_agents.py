@@ -1,0 +1,495 @@
+"""The stream processor without Kafka: provider calls, retries, held events, the table codec."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from ledger import limits
+from ledger.codec import EnvelopeCodec
+from ledger.config import Settings
+from ledger.envelope import (
+    AuditFact,
+    CaptureMethod,
+    CommandKind,
+    DeadLetter,
+    Envelope,
+    Money,
+    PaymentCommand,
+    PaymentEvent,
+    Provider,
+    ProviderEvent,
+    new_envelope,
+)
+from ledger.keystore import ActiveSigner, KeyStore
+from ledger.payments.machine import Outcome, PaymentState
+from ledger.payments.status import PaymentStatus
+from ledger.topics import TopicRole
+from ledger.verify import Verifier
+from streams import state as state_codec
+from streams.agents import HELD, Headers, Processor, Record, backoff_s, call_with_retries
+from streams.providers import (
+    CreatePayment,
+    FailureKind,
+    Operation,
+    ProviderError,
+    ProviderResult,
+    derive_idempotency_key,
+)
+from tests.support import events
+from tests.support.fakes import MemoryRegistry
+
+T0 = events.T0
+PAYMENT = "pay_agents_1"
+
+
+# call_with_retries ----------------------------------------------------------
+
+
+def _result() -> ProviderResult:
+    return ProviderResult(
+        provider=Provider.STRIPE,
+        operation=Operation.CAPTURE,
+        ref="pi_1",
+        object_id="pi_1",
+        status="succeeded",
+        idempotency_key="k",
+    )
+
+
+def _failing(
+    errors: list[ProviderError],
+) -> tuple[Callable[[], Awaitable[ProviderResult]], list[int]]:
+    calls: list[int] = []
+
+    async def call() -> ProviderResult:
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return _result()
+
+    return call, calls
+
+
+def _error(kind: FailureKind, **kw: object) -> ProviderError:
+    return ProviderError(Provider.STRIPE, Operation.CAPTURE, kind, "boom", **kw)  # type: ignore[arg-type]
+
+
+class Sleeps(list[float]):
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+async def test_retries_are_bounded_with_capped_exponential_backoff() -> None:
+    attempts = limits.PROVIDER_CALL_ATTEMPTS_MAX
+    call, calls = _failing([_error(FailureKind.UNAVAILABLE) for _ in range(attempts + 3)])
+    sleeps = Sleeps()
+    with pytest.raises(ProviderError):
+        await call_with_retries(call, sleep=sleeps)
+    assert len(calls) == attempts
+    assert sleeps == [backoff_s(n) for n in range(1, attempts)]
+    assert sleeps[0] == limits.PROVIDER_RETRY_BACKOFF_BASE_S
+    assert all(b >= a for a, b in itertools.pairwise(sleeps))
+    assert max(sleeps) <= limits.PROVIDER_RETRY_BACKOFF_MAX_S
+    assert backoff_s(50) == limits.PROVIDER_RETRY_BACKOFF_MAX_S
+
+
+async def test_retry_after_is_honoured_within_the_cap() -> None:
+    call, calls = _failing(
+        [
+            _error(FailureKind.RATE_LIMITED, retry_after_s=1.5),
+            _error(FailureKind.RATE_LIMITED, retry_after_s=3_600.0),
+        ]
+    )
+    sleeps = Sleeps()
+    assert (await call_with_retries(call, sleep=sleeps)).ref == "pi_1"
+    assert len(calls) == 3
+    assert sleeps == [1.5, limits.PROVIDER_RETRY_BACKOFF_MAX_S]
+
+
+async def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it() -> None:
+    call, _ = _failing([_error(FailureKind.RATE_LIMITED, retry_after_s=0.0)])
+    sleeps = Sleeps()
+    await call_with_retries(call, sleep=sleeps)
+    assert sleeps == [backoff_s(1)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        _error(FailureKind.REJECTED, status_code=400),
+        _error(FailureKind.NOT_FOUND, status_code=404),
+        _error(FailureKind.UNAVAILABLE, retryable=False),
+    ],
+)
+async def test_a_non_retryable_failure_is_not_retried(error: ProviderError) -> None:
+    call, calls = _failing([error])
+    sleeps = Sleeps()
+    with pytest.raises(ProviderError) as raised:
+        await call_with_retries(call, sleep=sleeps)
+    assert raised.value is error
+    assert len(calls) == 1
+    assert sleeps == []
+
+
+# The table codec --------------------------------------------------------------
+
+
+def _state() -> PaymentState:
+    return PaymentState(
+        payment_id=PAYMENT,
+        merchant_id="mer_1",
+        provider=Provider.PAYPAL,
+        currency="EUR",
+        amount_minor=1000,
+        capture_method=CaptureMethod.MANUAL,
+        status=PaymentStatus.PARTIALLY_REFUNDED,
+        sequence=7,
+        authorized_minor=1000,
+        captured_minor=800,
+        refunded_minor=100,
+        fees=(Money(30, "EUR"), Money(5, "USD")),
+        capture_final=True,
+        dispute_id="PP-D-1",
+        provider_object_id="ORDER-1",
+        status_since=T0,
+        seen_provider_event_ids=("WH-1", "WH-2"),
+        seen_command_event_ids=("c1",),
+        seen_movement_keys=("capture:1",),
+    )
+
+
+def test_state_round_trip() -> None:
+    state = _state()
+    assert state_codec.loads(state_codec.dumps(state)) == state
+
+
+def test_entry_round_trip_with_ref_and_held_events() -> None:
+    held = state_codec.HeldEvent("evt_1", "p.provider-events", 2, 41, bytes(range(256)))
+    for entry in (
+        state_codec.Entry(),
+        state_codec.Entry(held=(held, held)),
+        state_codec.Entry(state=_state(), provider_ref="order:ORDER-1"),
+    ):
+        data = state_codec.dumps_entry(entry)
+        assert state_codec.loads_entry(data) == entry
+        assert state_codec.dumps_entry(state_codec.loads_entry(data)) == data
+
+
+def test_a_version_1_state_reads_as_an_entry() -> None:
+    state = _state()
+    assert state_codec.loads_entry(state_codec.dumps(state)) == state_codec.Entry(state=state)
+
+
+def test_an_unknown_entry_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="format"):
+        state_codec.loads_entry(b'{"v": 99}')
+
+
+# Processor --------------------------------------------------------------------
+
+
+class FakeProvider:
+    """Records every call; a call may be told to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Operation, str | None, Money | None, str]] = []
+        self.fail: dict[Operation, ProviderError] = {}
+
+    @property
+    def provider(self) -> Provider:
+        return Provider.STRIPE
+
+    def _answer(
+        self, operation: Operation, ref: str | None, amount: Money | None, key: str
+    ) -> ProviderResult:
+        self.calls.append((operation, ref, amount, key))
+        if operation in self.fail:
+            raise self.fail[operation]
+        return ProviderResult(
+            provider=Provider.STRIPE,
+            operation=operation,
+            ref="pi_fake",
+            object_id="pi_fake",
+            status="ok",
+            idempotency_key=key,
+        )
+
+    async def create(self, payment: CreatePayment, *, idempotency_key: str) -> ProviderResult:
+        return self._answer(Operation.CREATE, None, payment.amount, idempotency_key)
+
+    async def capture(
+        self, ref: str, amount: Money | None, *, idempotency_key: str
+    ) -> ProviderResult:
+        return self._answer(Operation.CAPTURE, ref, amount, idempotency_key)
+
+    async def cancel(self, ref: str, *, idempotency_key: str) -> ProviderResult:
+        return self._answer(Operation.CANCEL, ref, None, idempotency_key)
+
+    async def refund(
+        self, ref: str, amount: Money | None, *, idempotency_key: str
+    ) -> ProviderResult:
+        return self._answer(Operation.REFUND, ref, amount, idempotency_key)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        clock = lambda: T0 - timedelta(hours=1)  # noqa: E731
+        settings = Settings(state_dir=tmp_path)
+        store = KeyStore(settings, clock=clock)
+        store.active_key()
+        self.codec = EnvelopeCodec(MemoryRegistry())
+        self.signer = store.active_key().signer
+        self.verifier = Verifier(self.codec, store.keyring())
+        self.fake = FakeProvider()
+        self.processor = Processor(
+            settings,
+            self.codec,
+            self.verifier,
+            ActiveSigner(store, clock=clock),
+            providers=lambda _: self.fake,
+            clock=lambda: T0,
+        )
+        self.topics = self.processor.topics
+        self.table: dict[bytes, bytes] = {}
+        self.emitted: list[tuple[str, bytes, bytes, Headers]] = []
+        self.offset = 0
+        self.counter = 0
+
+    async def emit(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
+        self.emitted.append((topic, key, value, headers))
+
+    def record(self, role: TopicRole, envelope: Envelope) -> Record:
+        _, wire = self.codec.encode(envelope, self.signer, self.topics[role])
+        self.offset += 1
+        return Record(self.topics[role], 0, self.offset, envelope.aggregate_id.encode(), wire, [])
+
+    def command(self, kind: CommandKind, amount: int | None = None) -> Record:
+        self.counter += 1
+        envelope = new_envelope(
+            event_type=f"payment.command.{kind.value.lower()}",
+            aggregate_id=PAYMENT,
+            sequence=self.counter,
+            producer="payledger/ingress",
+            now=T0,
+            payload=PaymentCommand(
+                command=kind,
+                merchant_id="mer_1",
+                idempotency_key=f"idem-{self.counter}",
+                provider=Provider.STRIPE,
+                amount=Money(amount, "EUR") if amount is not None else None,
+                capture_method=CaptureMethod.MANUAL if kind is CommandKind.CREATE else None,
+            ),
+        )
+        return self.record(TopicRole.COMMANDS, envelope)
+
+    def webhook(self, event_type: str, status: str, **fields: str) -> Record:
+        self.counter += 1
+        envelope = new_envelope(
+            event_type=f"provider.stripe.{event_type}",
+            aggregate_id=PAYMENT,
+            sequence=self.counter,
+            producer="payledger/ingress",
+            now=T0,
+            occurred_at=T0 + timedelta(seconds=self.counter),
+            payload=ProviderEvent(
+                provider=Provider.STRIPE,
+                provider_event_id=f"evt_{self.counter}",
+                provider_event_type=event_type,
+                received_at=T0,
+                body_sha256=hashlib.sha256(str(self.counter).encode()).digest(),
+                provider_object_id="pi_fake",
+                status=status,
+                amount=Money(1000, "EUR"),
+                fields=fields,
+            ),
+        )
+        return self.record(TopicRole.PROVIDER_EVENTS, envelope)
+
+    def opened(self, role: TopicRole) -> list[Envelope]:
+        topic = self.topics[role]
+        return [self.verifier.open(value) for t, _, value, _ in self.emitted if t == topic]
+
+    def payment_events(self) -> list[PaymentEvent]:
+        payloads = [e.payload for e in self.opened(TopicRole.PAYMENT_EVENTS)]
+        assert all(isinstance(p, PaymentEvent) for p in payloads)
+        return payloads  # type: ignore[return-value]
+
+    def entry(self) -> state_codec.Entry:
+        return state_codec.loads_entry(self.table[PAYMENT.encode()])
+
+
+def _id(harness: Harness, record: Record) -> str:
+    return harness.verifier.open(record.value).event_id
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+async def _authorized(h: Harness) -> Record:
+    create = h.command(CommandKind.CREATE, 1000)
+    assert await h.processor.command(create, h.table, h.emit) is Outcome.APPLIED
+    for record in (
+        h.webhook("payment_intent.created", "requires_payment_method"),
+        h.webhook(
+            "payment_intent.amount_capturable_updated",
+            "requires_capture",
+            amount_capturable="1000",
+        ),
+    ):
+        outcome = await h.processor.provider_event(record, h.table, h.emit)
+        assert outcome in (Outcome.APPLIED, Outcome.RECORDED)
+    assert h.entry().state.status is PaymentStatus.AUTHORIZED  # type: ignore[union-attr]
+    return create
+
+
+async def test_capture_and_refund_calls_carry_derived_keys_and_the_create_ref(
+    harness: Harness,
+) -> None:
+    h = harness
+    create = await _authorized(h)
+    assert h.entry().provider_ref == "pi_fake"
+    capture = h.command(CommandKind.CAPTURE, 600)
+    assert await h.processor.command(capture, h.table, h.emit) is Outcome.RECORDED
+    succeeded = h.webhook("payment_intent.succeeded", "succeeded", amount_received="600")
+    assert await h.processor.provider_event(succeeded, h.table, h.emit) is Outcome.APPLIED
+    refund = h.command(CommandKind.REFUND, 200)
+    assert await h.processor.command(refund, h.table, h.emit) is Outcome.RECORDED
+
+    assert h.fake.calls == [
+        (Operation.CREATE, None, Money(1000, "EUR"), derive_idempotency_key(_id(h, create))),
+        (
+            Operation.CAPTURE,
+            "pi_fake",
+            Money(600, "EUR"),
+            derive_idempotency_key(_id(h, capture), "capture"),
+        ),
+        (
+            Operation.REFUND,
+            "pi_fake",
+            Money(200, "EUR"),
+            derive_idempotency_key(_id(h, refund), "refund"),
+        ),
+    ]
+    events_ = h.payment_events()
+    assert [e.kind.value for e in events_][-3:] == [
+        "CAPTURE_REQUESTED",
+        "CAPTURED",
+        "REFUND_REQUESTED",
+    ]
+    sequences = [e.sequence for e in h.opened(TopicRole.PAYMENT_EVENTS)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert h.opened(TopicRole.REJECTED) == []
+
+
+async def test_a_replayed_command_makes_no_second_provider_call(harness: Harness) -> None:
+    h = harness
+    await _authorized(h)
+    capture = h.command(CommandKind.CAPTURE, None)
+    assert await h.processor.command(capture, h.table, h.emit) is Outcome.RECORDED
+    calls, emitted = len(h.fake.calls), len(h.emitted)
+    assert await h.processor.command(capture, h.table, h.emit) is Outcome.DUPLICATE
+    assert len(h.fake.calls) == calls
+    assert len(h.emitted) == emitted
+    assert h.fake.calls[-1][2] == Money(1000, "EUR"), "no amount: what is capturable"
+
+
+async def test_a_cancel_calls_the_provider(harness: Harness) -> None:
+    h = harness
+    await _authorized(h)
+    cancel = h.command(CommandKind.CANCEL)
+    assert await h.processor.command(cancel, h.table, h.emit) is Outcome.RECORDED
+    assert h.fake.calls[-1] == (
+        Operation.CANCEL,
+        "pi_fake",
+        None,
+        derive_idempotency_key(_id(h, cancel), "cancel"),
+    )
+
+
+async def test_a_failed_call_is_an_audit_fact_and_a_dead_letter(harness: Harness) -> None:
+    h = harness
+    await _authorized(h)
+    h.fake.fail[Operation.CAPTURE] = ProviderError(
+        Provider.STRIPE, Operation.CAPTURE, FailureKind.REJECTED, "no", status_code=400
+    )
+    capture = h.command(CommandKind.CAPTURE, 600)
+    assert await h.processor.command(capture, h.table, h.emit) is Outcome.RECORDED
+    assert len([c for c in h.fake.calls if c[0] is Operation.CAPTURE]) == 1, "not retried"
+    (fact,) = [e.payload for e in h.opened(TopicRole.AUDIT_FACTS)]
+    assert isinstance(fact, AuditFact)
+    assert fact.fact_type == "payment.provider-call-failed"
+    assert fact.subject == PAYMENT
+    assert fact.reason == "rejected"
+    assert fact.details["operation"] == "capture"
+    assert fact.details["event_id"] == _id(h, capture)
+    (letter,) = [e.payload for e in h.opened(TopicRole.REJECTED)]
+    assert isinstance(letter, DeadLetter)
+    assert letter.error_class == "provider-call-failed"
+    assert letter.original_event_id == _id(h, capture)
+    assert letter.original_offset == capture.offset
+    assert h.payment_events()[-1].kind.value == "CAPTURE_REQUESTED"
+    assert h.entry().provider_ref == "pi_fake", "the ref is kept for the next command"
+
+
+async def test_an_early_provider_event_is_held_then_applied_after_create(
+    harness: Harness,
+) -> None:
+    h = harness
+    early = h.webhook("payment_intent.created", "requires_payment_method")
+    assert await h.processor.provider_event(early, h.table, h.emit) == HELD
+    # A redelivery of the same provider event is not held twice.
+    assert await h.processor.provider_event(early, h.table, h.emit) == HELD
+    assert h.emitted == []
+    entry = h.entry()
+    assert entry.state is None
+    assert [held.offset for held in entry.held] == [early.offset]
+
+    create = h.command(CommandKind.CREATE, 1000)
+    assert await h.processor.command(create, h.table, h.emit) is Outcome.APPLIED
+    opened = h.opened(TopicRole.PAYMENT_EVENTS)
+    assert [e.sequence for e in opened] == [1, 2]
+    kinds = [e.payload.kind.value for e in opened]  # type: ignore[union-attr]
+    assert kinds == ["CREATED", "STATUS_CHANGED"]
+    assert opened[1].causation_id == _id(h, early)
+    entry = h.entry()
+    assert entry.held == ()
+    assert entry.state is not None
+    assert entry.state.status is PaymentStatus.AWAITING_PAYMENT_METHOD
+    assert entry.state.seen_provider_event_ids == ("evt_1",)
+    assert h.opened(TopicRole.REJECTED) == []
+
+
+async def test_beyond_the_hold_bound_an_early_event_is_dead_lettered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    monkeypatch.setattr(limits, "STREAMS_HELD_EVENTS_PER_PAYMENT_MAX", 2)
+    records = [h.webhook("payment_intent.processing", "processing") for _ in range(3)]
+    results = [await h.processor.provider_event(r, h.table, h.emit) for r in records]
+    assert results == [HELD, HELD, Outcome.REJECTED]
+    (letter,) = [e.payload for e in h.opened(TopicRole.REJECTED)]
+    assert isinstance(letter, DeadLetter)
+    assert letter.original_offset == records[2].offset
+    assert "not held" in letter.detail
+    (fact,) = [e.payload for e in h.opened(TopicRole.AUDIT_FACTS)]
+    assert isinstance(fact, AuditFact)
+    assert fact.reason == "unknown-payment"
+    assert len(h.entry().held) == 2
