@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import signal
 import statistics
@@ -49,7 +47,6 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,45 +221,9 @@ def create_command(payment_id: str) -> Any:
 
 def succeeded_event(payment_id: str) -> Any:
     """A signed, verified and normalized Stripe delivery, as ingress records it."""
-    from ingress.webhooks import stripe as stripe_webhooks
-    from ledger.envelope import new_envelope
-    from tests.support.webhooks import stripe_header
+    from tests.support.streams import succeeded_intent
 
-    body = json.dumps(
-        {
-            "id": f"evt_{uuid.uuid4().hex[:16]}",
-            "object": "event",
-            "type": "payment_intent.succeeded",
-            "created": int(time.time()),
-            "livemode": False,
-            "data": {
-                "object": {
-                    "id": f"pi_{payment_id}",
-                    "object": "payment_intent",
-                    "amount": 1050,
-                    "amount_received": 1050,
-                    "currency": "usd",
-                    "status": "succeeded",
-                    "metadata": {"payledger_payment_id": payment_id},
-                }
-            },
-        }
-    ).encode()
-    header = stripe_header(WEBHOOK_SECRET, int(time.time()), body)
-    stripe_webhooks.verify(
-        header, body, secrets=[WEBHOOK_SECRET.encode()], now=datetime.now(UTC), tolerance_s=300
-    )
-    event = stripe_webhooks.normalize(body)
-    return new_envelope(
-        event_type=event.envelope_type,
-        aggregate_id=event.aggregate_id(),
-        sequence=1,
-        producer="/payledger/ingress",
-        occurred_at=event.occurred_at,
-        payload=event.provider_event(
-            received_at=datetime.now(UTC), body_sha256=hashlib.sha256(body).digest()
-        ),
-    )
+    return succeeded_intent(payment_id, f"pi_{payment_id}", secret=WEBHOOK_SECRET)
 
 
 async def publish_all(publisher: Any, topic: str, envelopes: Sequence[Any]) -> None:

@@ -9,23 +9,15 @@ stripe-mock, and none may fail.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ingress.webhooks import stripe as stripe_webhooks
-from ledger import limits
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
 from ledger.envelope import (
@@ -48,11 +40,10 @@ from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
 from streams.publisher import kafka_publisher
 from tests.integration.test_envelope_kafka import auditor, read_all
-from tests.support.webhooks import stripe_header
+from tests.support.streams import running_worker, stripe_delivery
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "whsec_streams_flows_test"
 INTENT = "pi_flows"
 CHARGE = "ch_flows"
@@ -70,38 +61,8 @@ async def settings(tmp_path: Path, provider_mocks: Settings) -> Settings:
 
 @pytest.fixture
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "PAYLEDGER_STATE_DIR": str(settings.state_dir),
-        "PAYLEDGER_STRIPE_MOCK_PORT": str(settings.stripe_mock_port),
-        "PAYLEDGER_STRIPE_MOCK_HTTPS_PORT": str(settings.stripe_mock_https_port),
-        "PAYLEDGER_PAYPAL_MOCK_PORT": str(settings.paypal_mock_port),
-        "PAYLEDGER_PAYPAL_MOCK_ORDERS_PORT": str(settings.paypal_mock_orders_port),
-        "PAYLEDGER_PAYPAL_MOCK_PAYMENTS_PORT": str(settings.paypal_mock_payments_port),
-        "PAYLEDGER_COINBASE_MOCK_PORT": str(settings.coinbase_mock_port),
-    }
-    log = (settings.state_dir / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams.worker"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with running_worker(settings) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=limits.STREAMS_SHUTDOWN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail("the worker did not stop on SIGTERM")
-        finally:
-            log.close()
-        assert code in (0, -signal.SIGTERM), (settings.state_dir / "worker.log").read_text()
 
 
 def command(payment_id: str, kind: CommandKind, n: int, amount: int | None = None) -> Envelope:
@@ -123,32 +84,7 @@ def command(payment_id: str, kind: CommandKind, n: int, amount: int | None = Non
 
 
 def webhook(payment_id: str, event_type: str, obj: dict[str, Any], created: int) -> Envelope:
-    """A signed, verified and normalized Stripe delivery, as ingress records it."""
-    body = json.dumps(
-        {
-            "id": f"evt_{uuid.uuid4().hex[:16]}",
-            "object": "event",
-            "type": event_type,
-            "created": created,
-            "livemode": False,
-            "data": {"object": {**obj, "metadata": {"payledger_payment_id": payment_id}}},
-        }
-    ).encode()
-    header = stripe_header(WEBHOOK_SECRET, int(time.time()), body)
-    stripe_webhooks.verify(
-        header, body, secrets=[WEBHOOK_SECRET.encode()], now=datetime.now(UTC), tolerance_s=300
-    )
-    event = stripe_webhooks.normalize(body)
-    return new_envelope(
-        event_type=event.envelope_type,
-        aggregate_id=event.aggregate_id(),
-        sequence=1,
-        producer="/payledger/ingress",
-        occurred_at=event.occurred_at,
-        payload=event.provider_event(
-            received_at=datetime.now(UTC), body_sha256=hashlib.sha256(body).digest()
-        ),
-    )
+    return stripe_delivery(payment_id, event_type, obj, secret=WEBHOOK_SECRET, created=created)
 
 
 def intent(status: str, **counters: int) -> dict[str, Any]:

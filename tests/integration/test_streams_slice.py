@@ -8,13 +8,7 @@ from the root key and learns event keys from the keys topic.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +16,6 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ingress.webhooks import stripe as stripe_webhooks
-from ledger import limits
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
 from ledger.envelope import (
@@ -45,11 +37,10 @@ from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
 from streams.publisher import kafka_publisher
 from tests.integration.test_envelope_kafka import auditor, read_all
-from tests.support.webhooks import stripe_header
+from tests.support.streams import running_worker, succeeded_intent
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "whsec_streams_slice_test"
 
 
@@ -65,38 +56,8 @@ async def settings(tmp_path: Path, provider_mocks: Settings) -> Settings:
 
 @pytest.fixture
 def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "PAYLEDGER_STATE_DIR": str(settings.state_dir),
-        "PAYLEDGER_STRIPE_MOCK_PORT": str(settings.stripe_mock_port),
-        "PAYLEDGER_STRIPE_MOCK_HTTPS_PORT": str(settings.stripe_mock_https_port),
-        "PAYLEDGER_PAYPAL_MOCK_PORT": str(settings.paypal_mock_port),
-        "PAYLEDGER_PAYPAL_MOCK_ORDERS_PORT": str(settings.paypal_mock_orders_port),
-        "PAYLEDGER_PAYPAL_MOCK_PAYMENTS_PORT": str(settings.paypal_mock_payments_port),
-        "PAYLEDGER_COINBASE_MOCK_PORT": str(settings.coinbase_mock_port),
-    }
-    log = (settings.state_dir / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams.worker"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with running_worker(settings) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=limits.STREAMS_SHUTDOWN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail("the worker did not stop on SIGTERM")
-        finally:
-            log.close()
-        assert code in (0, -signal.SIGTERM), (settings.state_dir / "worker.log").read_text()
 
 
 def create(payment_id: str) -> Envelope:
@@ -118,46 +79,7 @@ def create(payment_id: str) -> Envelope:
 
 
 def succeeded(payment_id: str) -> Envelope:
-    """A signed, verified and normalized Stripe delivery, as ingress records it."""
-    body = json.dumps(
-        {
-            "id": f"evt_{uuid.uuid4().hex[:16]}",
-            "object": "event",
-            "type": "payment_intent.succeeded",
-            "created": int(time.time()),
-            "livemode": False,
-            "data": {
-                "object": {
-                    "id": "pi_slice",
-                    "object": "payment_intent",
-                    "amount": 1050,
-                    "amount_received": 1050,
-                    "currency": "usd",
-                    "status": "succeeded",
-                    "metadata": {"payledger_payment_id": payment_id},
-                }
-            },
-        }
-    ).encode()
-    now = int(time.time())
-    header = stripe_header(WEBHOOK_SECRET, now, body)
-    from datetime import UTC, datetime
-
-    stripe_webhooks.verify(
-        header, body, secrets=[WEBHOOK_SECRET.encode()], now=datetime.now(UTC), tolerance_s=300
-    )
-    event = stripe_webhooks.normalize(body)
-    received_at = datetime.now(UTC)
-    return new_envelope(
-        event_type=event.envelope_type,
-        aggregate_id=event.aggregate_id(),
-        sequence=1,
-        producer="/payledger/ingress",
-        occurred_at=event.occurred_at,
-        payload=event.provider_event(
-            received_at=received_at, body_sha256=hashlib.sha256(body).digest()
-        ),
-    )
+    return succeeded_intent(payment_id, "pi_slice", secret=WEBHOOK_SECRET)
 
 
 async def test_create_then_webhook_then_poison(settings: Settings, worker) -> None:
