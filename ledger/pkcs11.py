@@ -34,26 +34,30 @@ def _raw_point(ec_point: bytes) -> bytes:
     raise KeyError_(f"unexpected EC_POINT encoding of {len(ec_point)} bytes")
 
 
+def open_session(module: Path, token_label: str, user_pin: str) -> Any:
+    """A read-write user session on the token labelled ``token_label``."""
+    if not module.exists():
+        raise ConfigurationError(f"PKCS#11 module not found: {module}")
+    try:
+        token = pkcs11.lib(os.fspath(module)).get_token(token_label=token_label)
+        try:
+            return token.open(user_pin=user_pin, rw=True)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # PKCS#11 login state belongs to the application, not the session:
+            # another opener in this process already logged in, and every new
+            # session shares that login.
+            return token.open(rw=True)
+    except (pkcs11.PKCS11Error, pkcs11.NoSuchToken, pkcs11.MultipleTokensReturned) as error:
+        raise ConfigurationError(
+            f"cannot open PKCS#11 token {token_label!r} with {module}: {error!r}"
+        ) from error
+
+
 class Pkcs11Token:
     """An open user session on one token; a context manager that closes it."""
 
     def __init__(self, module: Path, token_label: str, user_pin: str) -> None:
-        if not module.exists():
-            raise ConfigurationError(f"PKCS#11 module not found: {module}")
-        try:
-            library = pkcs11.lib(os.fspath(module))
-            token = library.get_token(token_label=token_label)
-            try:
-                self._session: Any = token.open(user_pin=user_pin, rw=True)
-            except pkcs11.exceptions.UserAlreadyLoggedIn:
-                # PKCS#11 login state belongs to the application, not the session:
-                # another opener in this process (the master key) already logged
-                # in, and every new session shares that login.
-                self._session = token.open(rw=True)
-        except (pkcs11.PKCS11Error, pkcs11.NoSuchToken, pkcs11.MultipleTokensReturned) as error:
-            raise ConfigurationError(
-                f"cannot open PKCS#11 token {token_label!r} with {module}: {error!r}"
-            ) from error
+        self._session: Any = open_session(module, token_label, user_pin)
         self.lock = threading.Lock()
 
     def __enter__(self) -> Pkcs11Token:

@@ -61,6 +61,7 @@ from ledger import limits
 from ledger.config import Settings, SignerBackend
 from ledger.envelope import SealedData
 from ledger.errors import ConfigurationError, EncodingError, KeyError_, LedgerError
+from ledger.pkcs11 import open_session
 
 ALGORITHM = "XChaCha20-Poly1305"
 DATA_KEY_BYTES = 32
@@ -367,20 +368,11 @@ class Pkcs11MasterKey:
     def open(cls, settings: Settings, *, label: str = MASTER_KEY_LABEL) -> Pkcs11MasterKey:
         """Find the master key on the settings' token, generating it the first time."""
         os.environ.setdefault("SOFTHSM2_CONF", os.fspath(settings.softhsm_conf))
-        module = settings.pkcs11_module
-        if not module.exists():
-            raise ConfigurationError(f"PKCS#11 module not found: {module}")
-        token_label = settings.pkcs11_token_label
-        try:
-            token = pkcs11.lib(os.fspath(module)).get_token(token_label=token_label)
-            try:
-                session = token.open(rw=True, user_pin=settings.pkcs11_user_pin.get_secret_value())
-            except pkcs11.UserAlreadyLoggedIn:
-                session = token.open(rw=True)
-        except (pkcs11.PKCS11Error, pkcs11.NoSuchToken, pkcs11.MultipleTokensReturned) as error:
-            raise ConfigurationError(
-                f"cannot open PKCS#11 token {token_label!r} with {module}: {error!r}"
-            ) from error
+        session = open_session(
+            settings.pkcs11_module,
+            settings.pkcs11_token_label,
+            settings.pkcs11_user_pin.get_secret_value(),
+        )
         try:
             # The lock stops two local processes from each generating a key on
             # first use; with a shared network HSM, create the key once before
