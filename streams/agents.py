@@ -5,7 +5,9 @@ read from their topic and:
 
 1. decode and verify it (a poison record -- undecodable, unknown schema id,
    bad or unknown signature -- becomes a ``DeadLetter`` on the rejected topic
-   and nothing else happens);
+   and nothing else happens); a signing key the worker does not know yet is
+   first looked for on the keys topic (``KeySource.catch_up``), since keys
+   rotate while workers run;
 2. apply the state machine to the payment's state, read from the table
    (a ``streams.state.Entry``: the state, the provider's reference, and any
    held provider events);
@@ -44,13 +46,16 @@ topic in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
+
+from aiokafka.errors import KafkaError
 
 import ledger.envelope as envelope_module
 from ledger import limits
@@ -70,7 +75,7 @@ from ledger.envelope import (
     derived_event_id,
     utc_now,
 )
-from ledger.errors import InvalidEnvelope
+from ledger.errors import InvalidEnvelope, Reason
 from ledger.keystore import ActiveSigner
 from ledger.payments import machine
 from ledger.payments.machine import Decision, Outcome, PaymentState
@@ -104,8 +109,62 @@ _HOLD_FULL = (
 Headers = list[tuple[str, bytes]]
 # (topic, key, value, headers) -> awaitable broker acknowledgement (or None).
 Emit = Callable[[str, bytes, bytes, Headers], Awaitable[object]]
-# The payment table: payment id (bytes) -> serialized PaymentState (bytes).
-Table = MutableMapping[bytes, bytes]
+
+
+class KeySource(Protocol):
+    """Where endorsements published after start come from (``streams.keys.KeysFollower``)."""
+
+    async def catch_up(self) -> int:
+        """Admit new endorsements into the verifier's ring; return how many."""
+        ...
+
+
+class Table(Protocol):
+    """The payment table: payment id (bytes) -> serialized ``streams.state.Entry`` (bytes).
+
+    ``put`` returns once the change is on its way to the table's changelog on
+    the source record's transaction (in the Faust app), so that two changes
+    of one payment reach the changelog in the order they were made.
+    """
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    async def put(self, key: bytes, value: bytes) -> None: ...
+
+
+class MemoryTable(dict[bytes, bytes]):
+    """A ``Table`` in memory, for tools and tests."""
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+
+class PaymentLocks:
+    """One ``asyncio.Lock`` per payment id, alive only while someone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 # The outcome of one record: None for a poison record, HELD for a held one.
 Result = Outcome | Literal["held"] | None
 
@@ -176,8 +235,11 @@ class Processor:
         *,
         providers: Callable[[Provider], PaymentProvider] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        keys: KeySource | None = None,
     ) -> None:
         self._settings = settings
+        self._keys = keys
+        self._locks = PaymentLocks()
         self._codec = codec
         self._verifier = verifier
         self._signer = signer
@@ -211,11 +273,27 @@ class Processor:
         trace = TraceContext.parse(header_value(record.headers, "traceparent"))
         trace = trace.child() if trace else TraceContext.new()
         try:
-            envelope = self._verifier.open(record.value)
+            envelope = await self._open(record.value)
         except InvalidEnvelope as error:
             await self._poison(record, error, emit, trace)
             return None
         key = envelope.aggregate_id.encode()
+        # One payment's records, from either agent, one at a time: a webhook
+        # read while its payment's command waits on the provider must see the
+        # state that command writes, and write after it (see the module doc).
+        async with self._locks.hold(key):
+            return await self._apply(record, envelope, key, table, emit, apply, trace)
+
+    async def _apply(  # noqa: PLR0917 - one call site, all arguments named by role
+        self,
+        record: Record,
+        envelope: Envelope,
+        key: bytes,
+        table: Table,
+        emit: Emit,
+        apply: Callable[[PaymentState | None, Envelope], Decision],
+        trace: TraceContext,
+    ) -> Result:
         stored = table.get(key)
         entry = state_codec.loads_entry(stored) if stored is not None else state_codec.Entry()
         decision = apply(entry.state, envelope)
@@ -225,7 +303,7 @@ class Processor:
                 held = _hold(record, envelope, entry)
                 if held is not None:
                     if held is not entry:
-                        table[key] = state_codec.dumps_entry(held)
+                        await table.put(key, state_codec.dumps_entry(held))
                     log.info("holding %s until %s is created", envelope.event_id, key.decode())
                     return HELD
                 decision = dataclasses.replace(
@@ -253,8 +331,36 @@ class Processor:
         if entry.state is None and entry.held:
             after = await self._release(after, emit, trace)
         # A new value, never the stored one changed in place.
-        table[key] = state_codec.dumps_entry(after)
+        await table.put(key, state_codec.dumps_entry(after))
         return decision.outcome
+
+    async def _open(self, wire: bytes) -> Envelope:
+        """Decode and verify; a key not known yet is looked for on the keys topic first."""
+        try:
+            return self._verifier.open(wire)
+        except InvalidEnvelope as error:
+            if error.reason is not Reason.UNKNOWN_KEY or self._keys is None:
+                raise
+            if not await self._catch_up_keys():
+                raise
+        return self._verifier.open(wire)
+
+    async def _catch_up_keys(self) -> int:
+        """New endorsements from the keys topic; waits out a broker that does not answer.
+
+        The record stays unjudged meanwhile: dead-lettering it because the
+        keys topic could not be read would lose a valid command.
+        """
+        assert self._keys is not None
+        attempt = 1
+        while True:
+            try:
+                return await self._keys.catch_up()
+            except (TimeoutError, KafkaError) as error:
+                wait = backoff_s(attempt)
+                log.warning("cannot read the keys topic (%r); retrying in %.2fs", error, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
 
     async def _emit_events(self, decision: Decision, emit: Emit, trace: TraceContext) -> None:
         topic = self.topics[TopicRole.PAYMENT_EVENTS]

@@ -4,12 +4,13 @@
 record at a time each) hand every record to ``streams.agents.Processor``.
 Records the processor emits go through the app's own producer, on the
 transaction of the source partition, so they commit atomically with the
-consumed offset and the table's changelog.
+consumed offset and the table's changelog. Event keys endorsed after the
+worker started are learnt from the keys topic (``streams.keys``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import faust
@@ -20,20 +21,48 @@ from ledger.keystore import ActiveSigner, KeyStore
 from ledger.registry import open_registry
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
-from streams.agents import Emit, Headers, Processor, Record
+from streams.agents import Emit, Headers, Processor, Record, Result, Table
+from streams.keys import KeysFollower
 
 APP_NAME = "ledger-streams"
 TABLE_NAME = "payments"
 
+# Processor.command or Processor.provider_event.
+Handle = Callable[[Record, Table, Emit], Awaitable[Result]]
+
+
+class _SourceTable:
+    """The payments table as one record's processing sees it.
+
+    ``put`` writes the store and sends the changelog record at once, on the
+    source partition's transaction: see ``create_app.process``.
+    """
+
+    def __init__(
+        self,
+        store: MutableMapping[bytes, bytes],
+        send_changelog: Callable[[bytes, bytes], Awaitable[object]],
+    ) -> None:
+        self._store = store
+        self._send_changelog = send_changelog
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store.get(key)
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        self._store[key] = value
+        await self._send_changelog(key, value)
+
 
 def create_app(settings: Settings, *, processor: Processor | None = None) -> faust.App:
     """The worker's app; ``app.payledger_processor`` is the processor it uses."""
+    keys: KeysFollower | None = None
     if processor is None:
         store = KeyStore(settings)
         codec = EnvelopeCodec(open_registry(settings))
-        processor = Processor(
-            settings, codec, Verifier(codec, store.keyring()), ActiveSigner(store)
-        )
+        verifier = Verifier(codec, store.keyring())
+        keys = KeysFollower(settings, verifier)
+        processor = Processor(settings, codec, verifier, ActiveSigner(store), keys=keys)
     app = faust.App(
         f"{settings.topic_prefix}{APP_NAME}",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers().split(",")],
@@ -64,17 +93,27 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
             partitions=settings.topic_partitions,
         )
 
-    def emitter(message: Any) -> Emit:
+    async def send(
+        message: Any,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers | None,
+        *,
+        partition: int | None = None,
+    ) -> object:
         """Send on the transaction of the source record's partition."""
+        if app.in_transaction:
+            group = app.assignor.group_for_topic(message.topic)
+            transactional_id = f"{app.conf.id}-{group}-{message.partition}"
+            return await app.producer.send(
+                topic, key, value, partition, None, headers, transactional_id=transactional_id
+            )
+        return await app.producer.send(topic, key, value, partition, None, headers)
 
+    def emitter(message: Any) -> Emit:
         async def emit(topic: str, key: bytes, value: bytes, headers: Headers) -> object:
-            if app.in_transaction:
-                group = app.assignor.group_for_topic(message.topic)
-                transactional_id = f"{app.conf.id}-{group}-{message.partition}"
-                return await app.producer.send(
-                    topic, key, value, None, None, headers, transactional_id=transactional_id
-                )
-            return await app.producer.send(topic, key, value, None, None, headers)
+            return await send(message, topic, key, value, headers)
 
         return emit
 
@@ -93,18 +132,40 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
             ),
         )
 
+    async def process(handle: Handle, event: faust.EventT[Any]) -> None:
+        """One record: decide, emit and change the table, all before it is acked.
+
+        Faust's own ``table[key] = value`` queues the changelog record in a
+        buffer that its transaction commit does not flush, so a commit could
+        carry a record's offset and events without the table change they
+        made (lost if the worker then stops before the next commit). Here a
+        change goes to the store directly and its changelog record is sent
+        on the source partition's transaction, like the events, while the
+        payment is locked and before the record is acked: whenever the
+        record's offset commits, so does its change, in the order made.
+        """
+        message = event.message
+        changelog = table.changelog_topic.get_topic_name()
+
+        async def send_changelog(key: bytes, value: bytes) -> object:
+            return await send(message, changelog, key, value, None, partition=message.partition)
+
+        await handle(record(event), _SourceTable(table.data, send_changelog), emitter(message))
+
     @app.agent(source(TopicRole.COMMANDS), name="commands", concurrency=1)
     async def commands(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await processor.command(record(event), table, emitter(event.message))
+            await process(processor.command, event)
 
     @app.agent(source(TopicRole.PROVIDER_EVENTS), name="provider-events", concurrency=1)
     async def provider_events(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await processor.provider_event(record(event), table, emitter(event.message))
+            await process(processor.provider_event, event)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_providers(app: faust.App, **_: Any) -> None:
         await processor.aclose()
+        if keys is not None:
+            await keys.stop()
 
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from collections.abc import Awaitable, Callable
@@ -27,13 +28,25 @@ from ledger.envelope import (
     ProviderEvent,
     new_envelope,
 )
+from ledger.errors import InvalidEnvelope, Reason
+from ledger.keys import KeyRing
 from ledger.keystore import ActiveSigner, KeyStore
 from ledger.payments.machine import Outcome, PaymentState
 from ledger.payments.status import PaymentStatus
+from ledger.signing import FileSigner
 from ledger.topics import TopicRole
 from ledger.verify import Verifier
 from streams import state as state_codec
-from streams.agents import HELD, Headers, Processor, Record, backoff_s, call_with_retries
+from streams.agents import (
+    HELD,
+    Headers,
+    MemoryTable,
+    PaymentLocks,
+    Processor,
+    Record,
+    backoff_s,
+    call_with_retries,
+)
 from streams.providers import (
     CreatePayment,
     FailureKind,
@@ -266,7 +279,7 @@ class Harness:
             clock=lambda: T0,
         )
         self.topics = self.processor.topics
-        self.table: dict[bytes, bytes] = {}
+        self.table = MemoryTable()
         self.emitted: list[tuple[str, bytes, bytes, Headers]] = []
         self.offset = 0
         self.counter = 0
@@ -493,3 +506,140 @@ async def test_beyond_the_hold_bound_an_early_event_is_dead_lettered(
     assert isinstance(fact, AuditFact)
     assert fact.reason == "unknown-payment"
     assert len(h.entry().held) == 2
+
+
+# One payment at a time, across both agents --------------------------------------
+
+
+async def test_a_webhook_read_during_its_payments_provider_call_waits_for_it(
+    harness: Harness,
+) -> None:
+    h = harness
+    await _authorized(h)
+    gate = asyncio.Event()
+    original = h.fake.capture
+
+    async def held_capture(ref: str, amount: Money | None, *, idempotency_key: str):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(ref, amount, idempotency_key=idempotency_key)
+
+    h.fake.capture = held_capture  # type: ignore[method-assign]
+    capture = h.command(CommandKind.CAPTURE, 600)
+    succeeded = h.webhook("payment_intent.succeeded", "succeeded", amount_received="600")
+    command_task = asyncio.create_task(h.processor.command(capture, h.table, h.emit))
+    await asyncio.sleep(0)
+    webhook_task = asyncio.create_task(h.processor.provider_event(succeeded, h.table, h.emit))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not command_task.done()
+    assert not webhook_task.done(), "the webhook must wait for the command's call"
+    gate.set()
+    assert await command_task is Outcome.RECORDED
+    assert await webhook_task is Outcome.APPLIED
+    sequences = [e.sequence for e in h.opened(TopicRole.PAYMENT_EVENTS)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    state = h.entry().state
+    assert state is not None
+    assert (state.status, state.captured_minor) == (PaymentStatus.SUCCEEDED, 600)
+
+
+async def test_payment_locks_serialize_one_key_and_are_dropped_when_free() -> None:
+    locks = PaymentLocks()
+    order: list[str] = []
+
+    async def use(key: bytes, name: str, pause: int) -> None:
+        async with locks.hold(key):
+            order.append(f"{name}+")
+            for _ in range(pause):
+                await asyncio.sleep(0)
+            order.append(f"{name}-")
+
+    await asyncio.gather(use(b"a", "a1", 5), use(b"a", "a2", 0), use(b"b", "b1", 0))
+    assert order.index("a1-") < order.index("a2+"), order
+    assert order.index("b1-") < order.index("a1-"), "another payment does not wait"
+    assert len(locks) == 0
+
+
+# Keys endorsed after the processor started -------------------------------------
+
+
+class FakeKeys:
+    """A keys topic that holds ``pending`` endorsements until caught up with."""
+
+    def __init__(self, verifier: Verifier, pending: list[object], failures: int = 0) -> None:
+        self.verifier = verifier
+        self.pending = pending
+        self.failures = failures
+        self.calls = 0
+
+    async def catch_up(self) -> int:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("the broker did not answer")
+        for endorsement in self.pending:
+            self.verifier.keyring.add(endorsement)  # type: ignore[arg-type]
+        admitted, self.pending = len(self.pending), []
+        return admitted
+
+
+def _rotated(tmp_path: Path, failures: int) -> tuple[Harness, FakeKeys, Record]:
+    """A processor that knows only the root, and a CREATE signed by a key it has not seen."""
+    h = Harness(tmp_path)
+    store = KeyStore(Settings(state_dir=tmp_path))
+    new_key = FileSigner.generate()
+    endorsement = store.root().endorse(
+        new_key, not_before=T0 - timedelta(hours=1), lifetime=timedelta(days=2)
+    )
+    verifier = Verifier(h.codec, KeyRing([store.trusted_root()]))
+    signer = ActiveSigner(store, clock=lambda: T0 - timedelta(hours=1))
+    verifier.keyring.add(signer.endorsement())  # the processor's own key, to read what it emits
+    keys = FakeKeys(verifier, [endorsement], failures)
+    h.verifier = verifier
+    h.processor = Processor(
+        Settings(state_dir=tmp_path),
+        h.codec,
+        verifier,
+        signer,
+        providers=lambda _: h.fake,
+        clock=lambda: T0,
+        keys=keys,
+    )
+    h.signer = new_key
+    return h, keys, h.command(CommandKind.CREATE, 1000)
+
+
+async def test_an_unknown_key_is_looked_up_on_the_keys_topic_before_it_is_poison(
+    tmp_path: Path,
+) -> None:
+    h, keys, create = _rotated(tmp_path, failures=0)
+    assert await h.processor.command(create, h.table, h.emit) is Outcome.APPLIED
+    assert keys.calls == 1
+    assert h.opened(TopicRole.REJECTED) == []
+
+
+async def test_a_key_the_keys_topic_does_not_endorse_stays_unknown(tmp_path: Path) -> None:
+    h, keys, create = _rotated(tmp_path, failures=0)
+    keys.pending = []
+    assert await h.processor.command(create, h.table, h.emit) is None
+    (letter,) = [e.payload for e in h.opened(TopicRole.REJECTED)]
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == Reason.UNKNOWN_KEY.value
+    with pytest.raises(InvalidEnvelope):
+        h.verifier.open(create.value)
+
+
+async def test_an_unreadable_keys_topic_is_waited_out_not_dead_lettered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, keys, create = _rotated(tmp_path, failures=2)
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr("streams.agents.asyncio.sleep", no_sleep)
+    assert await h.processor.command(create, h.table, h.emit) is Outcome.APPLIED
+    assert keys.calls == 3
+    assert waits == [backoff_s(1), backoff_s(2)]
+    assert h.opened(TopicRole.REJECTED) == []
