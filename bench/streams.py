@@ -587,6 +587,9 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=20.0, help="latency sample, commands/s")
     parser.add_argument("--probe-calls", type=int, default=200)
     parser.add_argument("--keep-stack", action="store_true")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="keep the worker logs and this run's state in this directory"
+    )
     parser.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_worker:
@@ -625,11 +628,21 @@ def main() -> int:
             while stripe.running_pid() is None and time.monotonic() < settle:
                 time.sleep(0.05)
             wait_until_ready([stripe])
-        bench_settings = settings.model_copy(update={"topic_prefix": f"bench{run_id}."})
-        report_ = asyncio.run(provision_topics(bench_settings))
-        if not report_.ok:
-            raise BenchError(f"topics differ from their specs: {report_.mismatches}")
-        with tempfile.TemporaryDirectory(prefix="bench-streams-") as scratch:
+        keep = args.keep_logs
+        scratch_dir = (
+            contextlib.nullcontext(os.fspath(keep))
+            if keep
+            else tempfile.TemporaryDirectory(prefix="bench-streams-")
+        )
+        with scratch_dir as scratch:
+            # Keys, registry and the worker's data dir of this run only: the
+            # stack's own state (and its signer backend) is never touched.
+            bench_settings = settings.model_copy(
+                update={"topic_prefix": f"bench{run_id}.", "state_dir": Path(scratch) / "state"}
+            )
+            report_ = asyncio.run(provision_topics(bench_settings))
+            if not report_.ok:
+                raise BenchError(f"topics differ from their specs: {report_.mismatches}")
             try:
                 results = asyncio.run(run(bench_settings, args, run_id, Path(scratch)))
             except BenchError:
