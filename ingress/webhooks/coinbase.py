@@ -11,7 +11,14 @@ crypto currency. ``Money`` is ISO 4217 with integer minor units, and crypto
 currencies (BTC, ETH, USDC) are not ISO 4217 and have no agreed minor unit,
 so ``amount`` is the local fiat price only; the crypto value of the latest
 payment travels as exact decimal text in ``fields`` (``crypto_amount``,
-``crypto_currency``), never as a float.
+``crypto_currency``), never as a float. What the customer paid, in the local
+currency, is ``fields["paid_local_amount"]``: the exact decimal sum of the
+confirmed payments' ``value.local`` (left out when one of them is unreadable
+or in another currency: a partial sum would be a guess).
+
+Our payment id is ``metadata.payledger_payment_id``, the key the Coinbase
+adapter sets on the charge it creates (``payment_id`` is read when that is
+absent).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, localcontext
 from typing import Any
 
 from ingress.webhooks import events
@@ -29,6 +37,11 @@ from ledger import limits
 from ledger.envelope import Provider
 
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DECIMAL = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,18})?$")
+# Enough digits that any sum of such decimals within the field limits is exact.
+_SUM_DIGITS = 80
+# A payment whose status is given and is not this one has not arrived yet.
+_CONFIRMED = "CONFIRMED"
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -78,12 +91,17 @@ def normalize(body: bytes) -> NormalizedEvent:
         events.put(fields, "crypto_currency", events.text(crypto, "currency"))
         events.put(fields, "network", events.text(latest, "network"))
     local = events.child(events.child(charge, "pricing"), "local")
+    events.put(fields, "paid_local_amount", _paid_local(payments, events.text(local, "currency")))
+    metadata = events.child(charge, "metadata")
+    payment_id = events.text(metadata, "payledger_payment_id") or events.text(
+        metadata, "payment_id"
+    )
     return NormalizedEvent(
         provider=Provider.COINBASE,
         event_id=events.required_text(event, "id"),
         event_type=events.event_type(event, "type"),
         object_id=events.text(charge, "id"),
-        payment_id=events.payment_id(events.text(events.child(charge, "metadata"), "payment_id")),
+        payment_id=events.payment_id(payment_id),
         status=status,
         amount=events.decimal_money(
             local, value_key="amount", currency_key="currency", fields=fields, name="amount"
@@ -91,6 +109,33 @@ def normalize(body: bytes) -> NormalizedEvent:
         occurred_at=events.timestamp(events.text(event, "created_at")),
         fields=fields,
     )
+
+
+def _paid_local(payments: object, currency: str | None) -> str | None:
+    """The exact sum of the confirmed payments in the local ``currency``, as decimal text.
+
+    ``None`` when no payment is confirmed, the charge has no local currency,
+    or a confirmed payment's local value is missing, not a plain decimal, or
+    in another currency.
+    """
+    if not isinstance(payments, list) or currency is None:
+        return None
+    total: Decimal | None = None
+    for payment in payments:
+        if not isinstance(payment, dict):
+            return None
+        status = events.text(payment, "status")
+        if status is not None and status != _CONFIRMED:
+            continue
+        value = events.child(events.child(payment, "value"), "local")
+        amount = events.text(value, "amount")
+        if amount is None or not _DECIMAL.match(amount):
+            return None
+        if events.text(value, "currency") != currency:
+            return None
+        with localcontext(prec=_SUM_DIGITS):
+            total = Decimal(amount) if total is None else total + Decimal(amount)
+    return None if total is None else format(total, "f")
 
 
 def _latest_status(charge: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -174,12 +174,16 @@ def normalize(body: bytes) -> NormalizedEvent:
     """A verified PayPal event: ``{"id": "WH-...", "event_type": ..., "resource": {...}}``.
 
     The resource is a capture, authorization or refund (Payments v2, with
-    ``amount`` and ``custom_id``) or an order (Orders v2, with both inside
-    ``purchase_units[0]``). Amounts are decimal strings converted exactly.
+    ``amount`` and ``custom_id``), an order (Orders v2, with both inside
+    ``purchase_units[0]``) or a dispute (Customer Disputes v1: ``dispute_id``,
+    ``dispute_amount``, the order's ``custom_id`` as ``custom`` of its first
+    disputed transaction, and ``dispute_outcome.outcome_code`` once resolved,
+    in ``fields["outcome_code"]``). Amounts are decimal strings converted exactly.
     """
     document = events.parse_object(body)
     resource = events.child(document, "resource")
     unit = events.first_item(resource, "purchase_units")
+    disputed = events.first_item(resource, "disputed_transactions")
     fields: dict[str, str] = {}
     events.put(fields, "resource_type", events.text(document, "resource_type"))
     events.put(fields, "event_version", events.text(document, "event_version"))
@@ -189,16 +193,30 @@ def normalize(body: bytes) -> NormalizedEvent:
     final_capture = resource.get("final_capture") if resource is not None else None
     if isinstance(final_capture, bool):
         fields["final_capture"] = "true" if final_capture else "false"
-    amount = events.child(resource, "amount") or events.child(unit, "amount")
+    events.put(
+        fields,
+        "outcome_code",
+        events.text(events.child(resource, "dispute_outcome"), "outcome_code"),
+    )
+    events.put(fields, "seller_transaction_id", events.text(disputed, "seller_transaction_id"))
+    amount = (
+        events.child(resource, "amount")
+        or events.child(unit, "amount")
+        or events.child(resource, "dispute_amount")
+    )
     breakdown = events.child(resource, "seller_receivable_breakdown") or events.child(
         resource, "seller_payable_breakdown"
     )
-    custom_id = events.text(resource, "custom_id") or events.text(unit, "custom_id")
+    custom_id = (
+        events.text(resource, "custom_id")
+        or events.text(unit, "custom_id")
+        or events.text(disputed, "custom")
+    )
     return NormalizedEvent(
         provider=Provider.PAYPAL,
         event_id=events.required_text(document, "id"),
         event_type=events.event_type(document, "event_type"),
-        object_id=events.text(resource, "id"),
+        object_id=events.text(resource, "id") or events.text(resource, "dispute_id"),
         payment_id=events.payment_id(custom_id),
         status=events.text(resource, "status"),
         amount=events.decimal_money(

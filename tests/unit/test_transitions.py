@@ -466,3 +466,31 @@ def test_a_coinbase_underpaid_charge_body() -> None:
     # The normalizer does not (yet) report what was paid: the amount stays unknown.
     assert transition.amount is None
     assert transition.payment_object_id == "charge-1"
+
+
+def test_a_coinbase_underpaid_charge_body_reports_what_was_paid() -> None:
+    body = {
+        "id": "delivery-2",
+        "event": {
+            "id": "evt-cb-2", "type": "charge:failed", "created_at": "2026-11-23T12:00:00Z",
+            "data": {
+                "id": "charge-2", "code": "ABCD1235",
+                "metadata": {"payledger_payment_id": "pay_2"},
+                "pricing": {"local": {"amount": "10.00", "currency": "EUR"}},
+                "payments": [
+                    {"status": "CONFIRMED", "value": {
+                        "local": {"amount": "6.00", "currency": "EUR"},
+                        "crypto": {"amount": "0.00006", "currency": "BTC"},
+                    }},
+                ],
+                "timeline": [
+                    {"status": "NEW", "time": "2026-11-23T11:00:00Z"},
+                    {"status": "UNRESOLVED", "context": "UNDERPAID", "time": "2026-11-23T12:00:00Z"},
+                ],
+            },
+        },
+    }  # fmt: skip
+    normalized = coinbase.normalize(json.dumps(body).encode())
+    assert normalized.payment_id == "pay_2"
+    transition = map_event(_provider_event(normalized), "EUR")
+    assert (transition.kind, transition.amount) == (K.FUNDS_UNRESOLVED, Money(600, "EUR"))

@@ -95,6 +95,7 @@ def test_normalize_the_vector_body() -> None:
         "crypto_amount": "0.00105000",
         "crypto_currency": "BTC",
         "network": "bitcoin",
+        "paid_local_amount": "100.00",
     }
 
 
@@ -115,6 +116,59 @@ def test_an_underpayment_keeps_its_context() -> None:
     assert normalized.fields["context"] == "UNDERPAID"
     assert normalized.amount == Money(2550, "EUR")
     assert normalized.aggregate_id() == "coinbase:c-1"
+
+
+def test_the_payment_id_is_the_one_the_adapter_sets() -> None:
+    # streams.providers.coinbase creates charges with metadata.payledger_payment_id.
+    charge = {"id": "c-3", "metadata": {"payledger_payment_id": "pay_1", "payment_id": "other"}}
+    normalized = coinbase.normalize(charge_event(charge))
+    assert normalized.payment_id == "pay_1"
+    assert normalized.aggregate_id() == "pay_1"
+
+
+def _paid(*values: tuple[str, str, str | None]) -> list[dict[str, Any]]:
+    payments = []
+    for amount, currency, status in values:
+        payment: dict[str, Any] = {"value": {"local": {"amount": amount, "currency": currency}}}
+        if status is not None:
+            payment["status"] = status
+        payments.append(payment)
+    return payments
+
+
+@pytest.mark.parametrize(
+    ("payments", "paid"),
+    [
+        (_paid(("6.00", "EUR", "CONFIRMED")), "6.00"),
+        (_paid(("6.00", "EUR", "CONFIRMED"), ("0.55", "EUR", None)), "6.55"),
+        # Not arrived yet: not paid.
+        (_paid(("6.00", "EUR", "CONFIRMED"), ("4.00", "EUR", "PENDING")), "6.00"),
+        (_paid(("4.00", "EUR", "PENDING")), None),
+        ([], None),
+        # A sum that would leave one payment out is not given.
+        (_paid(("6.00", "EUR", "CONFIRMED"), ("4.00", "USD", "CONFIRMED")), None),
+        (_paid(("6.00", "EUR", "CONFIRMED"), ("1e3", "EUR", "CONFIRMED")), None),
+        (_paid(("6.00", "EUR", "CONFIRMED"), ("-1.00", "EUR", "CONFIRMED")), None),
+        (
+            _paid(
+                ("12345678901234567890.123456789012345678", "EUR", None),
+                ("0.000000000000000001", "EUR", None),
+            ),
+            "12345678901234567890.123456789012345679",
+        ),
+    ],
+)
+def test_the_amount_paid_is_the_exact_sum_of_confirmed_local_values(
+    payments: list[dict[str, Any]], paid: str | None
+) -> None:
+    charge = {
+        "id": "c-4",
+        "pricing": {"local": {"amount": "10.00", "currency": "EUR"}},
+        "timeline": [{"status": "NEW"}, {"status": "UNRESOLVED", "context": "UNDERPAID"}],
+        "payments": payments,
+    }
+    normalized = coinbase.normalize(charge_event(charge, "charge:failed"))
+    assert normalized.fields.get("paid_local_amount") == paid
 
 
 def test_a_crypto_local_price_is_not_money() -> None:

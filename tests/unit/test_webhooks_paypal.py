@@ -27,7 +27,8 @@ from ingress.webhooks.paypal_certs import (
     fetch_https,
     verified_leaf,
 )
-from ledger.envelope import Money, Provider
+from ledger.envelope import Money, PaymentEventKind, Provider
+from ledger.payments.transitions import map_event
 from tests.support import webhooks as sign
 from tests.support.servers import serve_in_thread
 
@@ -403,6 +404,57 @@ def test_a_refund_fee_comes_from_the_payable_breakdown() -> None:
     assert normalized.amount == Money(500, "USD")
     assert normalized.fee == Money(15, "USD")
     assert normalized.aggregate_id() == "paypal:1JU08902781691411"
+
+
+def _dispute(event_type: str, status: str, **extra: object) -> bytes:
+    resource = {
+        "dispute_id": "PP-D-27803",
+        "status": status,
+        "reason": "MERCHANDISE_OR_SERVICE_NOT_RECEIVED",
+        "dispute_amount": {"currency_code": "USD", "value": "4.00"},
+        "disputed_transactions": [
+            {
+                "seller_transaction_id": "3BC38643YC807283D",
+                "custom": "pay_9",
+                "gross_amount": {"currency_code": "USD", "value": "10.00"},
+            }
+        ],
+        **extra,
+    }
+    return json.dumps(
+        {"id": "WH-5", "event_type": event_type, "resource_type": "dispute", "resource": resource}
+    ).encode()
+
+
+def test_a_dispute_names_its_payment_its_id_and_its_amount() -> None:
+    normalized = paypal.normalize(_dispute("CUSTOMER.DISPUTE.CREATED", "OPEN"))
+    assert normalized.object_id == "PP-D-27803"
+    assert normalized.payment_id == "pay_9"
+    assert normalized.aggregate_id() == "pay_9"
+    assert normalized.amount == Money(400, "USD")
+    assert normalized.status == "OPEN"
+    assert normalized.fields == {
+        "resource_type": "dispute",
+        "seller_transaction_id": "3BC38643YC807283D",
+    }
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kind"),
+    [
+        ("RESOLVED_BUYER_FAVOUR", PaymentEventKind.DISPUTE_LOST),
+        ("RESOLVED_SELLER_FAVOUR", PaymentEventKind.DISPUTE_WON),
+    ],
+)
+def test_a_resolved_dispute_carries_its_outcome(outcome: str, kind: PaymentEventKind) -> None:
+    body = _dispute(
+        "CUSTOMER.DISPUTE.RESOLVED", "RESOLVED", dispute_outcome={"outcome_code": outcome}
+    )
+    normalized = paypal.normalize(body)
+    assert normalized.fields["outcome_code"] == outcome
+    event = normalized.provider_event(received_at=datetime.now(UTC), body_sha256=bytes(32))
+    transition = map_event(event, "USD")
+    assert (transition.kind, transition.dispute_id) == (kind, "PP-D-27803")
 
 
 @pytest.mark.parametrize(
