@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.streams_commit_interval_s,
         web_enabled=False,
     )
     app.payledger_processor = processor  # type: ignore[attr-defined]
