@@ -23,8 +23,7 @@ Throughput is taken from the records' own timestamps (set by the producer when
 the agent sends, i.e. processing time), over the records of one backlog:
 (count - 1) / (last - first). Latency is taken from when the read_committed
 consumer in this process receives the record, so it includes the transaction
-commit interval (``streams_commit_interval_s``, Faust's ``broker_commit_interval``),
-the same for both apps.
+commit interval (Faust's ``broker_commit_every`` / ``commit_interval``).
 
 The stack (Kafka) and stripe-mock are started when not running and stopped
 again at the end if this run started them. Every run uses its own topic prefix.
@@ -98,7 +97,6 @@ def floor_app() -> Any:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=settings.streams_commit_interval_s,
         web_enabled=False,
     )
     out = f"{settings.topic_prefix}{FLOOR_OUT}"
@@ -185,6 +183,31 @@ class Child:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class Group:
+    """``count`` workers of one app (one consumer group): Faust splits the partitions."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, count: int):
+        self.children = [
+            Child(name if count == 1 else f"{name} {i}", argv, env, logs / f"{name}-{i}.log")
+            for i in range(1, count + 1)
+        ]
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def check(self) -> None:
+        for child in self.children:
+            child.check()
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
+
+    def tail(self, lines: int) -> str:
+        return "\n".join(child.tail(lines) for child in self.children)
 
 
 class BenchError(Exception):
@@ -283,7 +306,9 @@ class Collector:
     def count(self, prefix: str) -> int:
         return sum(1 for r in self.records if r.key.startswith(prefix))
 
-    async def wait_for(self, prefix: str, total: int, children: Iterable[Child], what: str) -> None:
+    async def wait_for(
+        self, prefix: str, total: int, children: Iterable[Child | Group], what: str
+    ) -> None:
         """Until ``total`` records under ``prefix``, or 99% of them and nothing new for
         STALL_S (a record the app rejected never shows up here: reported as missing)."""
         deadline = time.monotonic() + WAIT_TIMEOUT_S
@@ -336,7 +361,7 @@ async def paced_latency(
     collector: Collector,
     ids: Sequence[str],
     pace_per_s: float,
-    children: Iterable[Child],
+    children: Iterable[Child | Group],
     what: str,
 ) -> list[float]:
     published: dict[str, float] = {}
@@ -428,7 +453,7 @@ async def run(settings: Any, args: argparse.Namespace, run_id: str, logs: Path) 
             [os.fspath(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
     }
-    worker = Child("worker", [sys.executable, "-m", "streams.worker"], env, logs / "worker.log")
+    worker = Group("worker", [sys.executable, "-m", "streams.worker"], env, logs, args.workers)
     floor = Child(
         "floor", [sys.executable, "-m", "bench.streams", "--floor-worker"], env, logs / "floor.log"
     )
@@ -529,6 +554,8 @@ def report(r: Results, args: argparse.Namespace) -> None:
         "\nStream worker (exactly_once Faust, real Kafka, stripe-mock), backlogs published in "
         "advance; events/s = domain events committed on payment-events, from record timestamps"
     )
+    if args.workers > 1:
+        print(f"  payledger app on {args.workers} worker processes; the floor on one")
     line(f"(a) {n:,} CREATE commands only", f"{r.create_only[0]:,.0f} events/s",
          f"{n:,} events in {r.create_only[1]:.1f} s")  # fmt: skip
     line(f"(b) mixed: {n:,} CREATE + {n:,} payment_intent.succeeded",
@@ -588,6 +615,12 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--pace", type=float, default=20.0, help="latency sample, commands/s")
     parser.add_argument("--probe-calls", type=int, default=200)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the payledger app (the floor: 1)",
+    )
     parser.add_argument("--keep-stack", action="store_true")
     parser.add_argument(
         "--keep-logs", type=Path, help="keep the worker logs and this run's state in this directory"
