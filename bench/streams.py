@@ -619,7 +619,8 @@ def main() -> int:
         "--workers",
         type=int,
         default=1,
-        help="worker processes of the payledger app (the floor: 1)",
+        help="worker processes of the payledger app (the floor: 1); with more than one, Faust's"
+        " exactly-once recovery currently crashes on the first rebalance (see the README)",
     )
     parser.add_argument("--keep-stack", action="store_true")
     parser.add_argument(
