@@ -9,19 +9,23 @@ read from their topic and:
    first looked for on the keys topic (``KeySource.catch_up``), since keys
    rotate while workers run;
 2. apply the state machine to the payment's state, read from the table
-   (a ``streams.state.Entry``: the state, the provider's reference, and any
+   (a ``streams.state.Entry``: the state, the provider's references, and any
    held provider events);
 3. for an accepted command, call the payment's provider -- CREATE, CAPTURE,
    CANCEL or REFUND -- with an idempotency key derived from the command's
    event id (``derive_idempotency_key(event_id)`` for CREATE,
    ``derive_idempotency_key(event_id, operation)`` for the others), against
-   the reference the previous call returned, retrying timeouts, 429 and 5xx
-   with bounded exponential backoff (``ledger.limits.PROVIDER_*``). A call
-   that fails for good (non-retryable, or out of tries) is published as an
-   ``AuditFact`` ``payment.provider-call-failed`` on audit-facts and a
-   ``DeadLetter`` of the command (error class ``provider-call-failed``) on
-   rejected; the command's ``*_REQUESTED`` event stands, and the merchant
-   sends a new command (a replay of the same one is a duplicate);
+   the references earlier calls returned (see below), retrying timeouts, 429
+   and 5xx with bounded exponential backoff (``ledger.limits.PROVIDER_*``).
+   For an applied provider event whose rule names a follow-up call
+   (``transitions.follow_up``: PayPal's approved order is authorized, or
+   captured, by the merchant's side), make that call the same way, its key
+   derived from the event's id and the operation. A call that fails for good
+   (non-retryable, or out of tries) is published as an ``AuditFact``
+   ``payment.provider-call-failed`` on audit-facts and a ``DeadLetter`` of
+   the command or event (error class ``provider-call-failed``) on rejected;
+   the ``*_REQUESTED`` or provider event's payment event stands, and the
+   merchant sends a new command (a replay of the same one is a duplicate);
 4. emit the decision: its payment events on payment-events, or for a
    rejection a ``DeadLetter`` on rejected and an ``AuditFact`` on audit-facts;
    and write the new entry back to the table.
@@ -35,6 +39,18 @@ one beyond either bound, and a held event that still does not apply after the
 CREATE, gets a dead letter and an audit fact like any rejection. A
 redelivery of a held provider event id is not held twice. Held events of a
 payment whose CREATE never comes stay in the table.
+
+The references each call returns are kept in the entry by what they name
+(``ProviderResult.ref_kind``): the payment (what create returned), an
+authorization, and each capture with its amount and what was refunded of it
+(PayPal keeps these as objects of their own; Stripe and Coinbase return the
+payment's reference from every call). Capture and cancel go against the
+authorization if there is one, else the payment; a capture of part of an
+authorization keeps the rest open unless it takes all that is left. A refund
+goes against the captures kept, oldest first, each for at most what is left
+of it (one call per capture, keys ``refund``, ``refund-2``, ...); one they
+cannot cover is refused before any call. With no captures kept, it goes
+against the payment.
 
 Records are emitted through ``Emit``: in the Faust app, the app's own
 transactional producer, so they commit together with the consumed offset and
@@ -77,8 +93,9 @@ from ledger.envelope import (
 )
 from ledger.errors import InvalidEnvelope, Reason
 from ledger.keystore import ActiveSigner
-from ledger.payments import machine
+from ledger.payments import machine, transitions
 from ledger.payments.machine import Decision, Outcome, PaymentState
+from ledger.payments.transitions import FollowUp
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from streams import state as state_codec
@@ -91,7 +108,7 @@ from streams.providers import (
     derive_idempotency_key,
     provider_for,
 )
-from streams.providers.base import FailureKind
+from streams.providers.base import FailureKind, RefKind, SeparateAuthorization, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +191,7 @@ _OPERATIONS = {
     CommandKind.CANCEL: Operation.CANCEL,
     CommandKind.REFUND: Operation.REFUND,
 }
+_FOLLOW_UPS = {FollowUp.AUTHORIZE: Operation.AUTHORIZE, FollowUp.CAPTURE: Operation.CAPTURE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,13 +339,15 @@ class Processor:
         if decision.outcome is Outcome.DUPLICATE:
             return decision.outcome
         assert decision.state is not None
-        ref = entry.provider_ref
+        # The references and held events carry over; the calls below add to them.
+        after = dataclasses.replace(entry, state=decision.state)
         if isinstance(envelope.payload, PaymentCommand):
-            ref = await self._call_provider(
-                record, envelope, envelope.payload, decision, ref, emit, trace
+            after = await self._call_provider(
+                record, envelope, envelope.payload, decision, after, emit, trace
             )
+        else:
+            after = await self._follow_up(record, envelope, decision, after, emit, trace)
         await self._emit_events(decision, emit, trace)
-        after = state_codec.Entry(state=decision.state, provider_ref=ref, held=entry.held)
         if entry.state is None and entry.held:
             after = await self._release(after, emit, trace)
         # A new value, never the stored one changed in place.
@@ -373,9 +393,9 @@ class Processor:
         """Apply the held provider events, in the order read, right after the CREATE.
 
         Each is verified again; one that does not apply now (or no longer
-        verifies) gets its dead letter and audit fact as if just read.
+        verifies) gets its dead letter and audit fact as if just read. One
+        that applies gets its follow-up call, as if just read.
         """
-        state = entry.state
         for held in entry.held:
             record = Record(
                 topic=held.topic,
@@ -390,15 +410,16 @@ class Processor:
             except InvalidEnvelope as error:
                 await self._poison(record, error, emit, trace)
                 continue
-            decision = machine.apply_provider_event(state, envelope)
+            decision = machine.apply_provider_event(entry.state, envelope)
             if decision.outcome is Outcome.REJECTED:
                 await self._reject(record, envelope, decision, emit, trace)
                 continue
             if decision.outcome is Outcome.DUPLICATE:
                 continue
+            entry = dataclasses.replace(entry, state=decision.state)
+            entry = await self._follow_up(record, envelope, decision, entry, emit, trace)
             await self._emit_events(decision, emit, trace)
-            state = decision.state
-        return state_codec.Entry(state=state, provider_ref=entry.provider_ref)
+        return dataclasses.replace(entry, held=())
 
     # Provider calls ---------------------------------------------------------
 
@@ -408,67 +429,131 @@ class Processor:
         command: Envelope,
         payload: PaymentCommand,
         decision: Decision,
-        ref: str | None,
+        entry: state_codec.Entry,
         emit: Emit,
         trace: TraceContext,
-    ) -> str | None:
-        """Make the provider call an accepted command asks for; return the ref to keep.
+    ) -> state_codec.Entry:
+        """Make the provider calls an accepted command asks for; return the entry to keep.
 
-        The key is derived from the command's event id, so a redelivered
+        The keys are derived from the command's event id, so a redelivered
         command (after a crash, before its offset committed) repeats the same
-        call and the provider answers it with the first outcome. A call that
-        fails for good becomes an ``AuditFact`` (``payment.provider-call-failed``)
-        and a ``DeadLetter`` of the command; the recorded ``*_REQUESTED`` event
-        stays, the ref is kept, and the merchant may send a new command.
+        calls and the provider answers them with the first outcome. A call
+        that fails for good becomes an ``AuditFact``
+        (``payment.provider-call-failed``) and a ``DeadLetter`` of the
+        command; the recorded ``*_REQUESTED`` event stays, the references kept
+        so far stay, and the merchant may send a new command.
         """
         state = decision.state
         assert state is not None
         operation = _OPERATIONS[payload.command]
-        provider = self._provider(state.provider)
         amount = decision.events[0].payload.amount if decision.events else None
-        try:
+
+        def plan() -> list[_Call]:
             if operation is Operation.CREATE:
-                key = derive_idempotency_key(command.event_id)
                 request = CreatePayment(
                     payment_id=state.payment_id,
                     amount=state.money(state.amount_minor),
                     capture_method=state.capture_method,
                     description=payload.description,
                 )
-                result = await call_with_retries(
-                    lambda: provider.create(request, idempotency_key=key)
+                return [_Call(operation, derive_idempotency_key(command.event_id), create=request)]
+            return _plan(command.event_id, operation, state, entry, amount)
+
+        return await self._run_calls(record, command, state, entry, operation, plan, emit, trace)
+
+    async def _follow_up(  # noqa: PLR0917 - two call sites, all arguments named by role
+        self,
+        record: Record,
+        event: Envelope,
+        decision: Decision,
+        entry: state_codec.Entry,
+        emit: Emit,
+        trace: TraceContext,
+    ) -> state_codec.Entry:
+        """Make the call the provider event's rule asks for next, if any; return the entry.
+
+        ``transitions.follow_up`` names it by the payment's capture method
+        (PayPal's approved order: authorize it, or capture it). It is made for
+        an event that applied or was recorded, not for a stale one, and only
+        while the payment has no authorization or capture reference: once one
+        of them is kept, the call was made. Its key is derived from the
+        event's id and the operation, and it is retried and fails like a
+        command's call (audit fact and dead letter of the event, which stands).
+        """
+        state = decision.state
+        payload = event.payload
+        if (
+            state is None
+            or not isinstance(payload, ProviderEvent)
+            or decision.outcome not in (Outcome.APPLIED, Outcome.RECORDED)
+        ):
+            return entry
+        call = transitions.follow_up(payload, state.capture_method)
+        if call is None:
+            return entry
+        if entry.authorization_ref is not None or entry.captures:
+            log.info(
+                "no %s of %s after %s: it was made already",
+                call,
+                state.payment_id,
+                payload.provider_event_id,
+            )
+            return entry
+        operation = _FOLLOW_UPS[call]
+
+        def plan() -> list[_Call]:
+            return _plan(event.event_id, operation, state, entry, None)
+
+        return await self._run_calls(record, event, state, entry, operation, plan, emit, trace)
+
+    async def _run_calls(  # noqa: PLR0917 - internal, all arguments named by role
+        self,
+        record: Record,
+        cause: Envelope,
+        state: PaymentState,
+        entry: state_codec.Entry,
+        operation: Operation,
+        plan: Callable[[], list[_Call]],
+        emit: Emit,
+        trace: TraceContext,
+    ) -> state_codec.Entry:
+        """Plan the calls for ``operation``, make them in order, keep what each returns.
+
+        A call that fails for good stops the rest: its audit fact and dead
+        letter are published, and the entry keeps what the calls before it
+        returned (a refund of several captures may stop part way).
+        """
+        provider = self._provider(state.provider)
+        calls: list[_Call] = []
+        done = 0
+        try:
+            calls = plan()
+            for call in calls:
+                result = await call_with_retries(_invoke(provider, call))
+                log.info(
+                    "%s of %s at %s: %s (%s)",
+                    call.operation,
+                    state.payment_id,
+                    state.provider,
+                    result.ref,
+                    result.status,
                 )
-            else:
-                key = derive_idempotency_key(command.event_id, operation.value)
-                if ref is None:
-                    raise ProviderError(
-                        state.provider,
-                        operation,
-                        FailureKind.INVALID_INPUT,
-                        "no provider reference for this payment (its create call failed)",
-                    )
-                result = await call_with_retries(_call(provider, operation, ref, amount, key))
+                entry = _kept(entry, state, call, result)
+                done += 1
         except (ProviderError, ValueError) as error:
             if isinstance(error, ValueError):
                 error = ProviderError(
                     state.provider, operation, FailureKind.INVALID_INPUT, str(error)
                 )
-            await self._provider_failed(record, command, state, error, emit, trace)
-            return ref
-        log.info(
-            "%s of %s at %s: %s (%s)",
-            operation,
-            state.payment_id,
-            state.provider,
-            result.ref,
-            result.status,
-        )
-        return result.ref
+            if done:
+                error = _after_parts(error, calls, done)
+            await self._provider_failed(record, cause, state, error, emit, trace)
+        return entry
 
     async def _provider_failed(  # noqa: PLR0917 - one call site, all arguments named by role
         self,
         record: Record,
-        command: Envelope,
+        cause: Envelope,
         state: PaymentState,
         error: ProviderError,
         emit: Emit,
@@ -479,7 +564,7 @@ class Processor:
         )
         details = {
             "detail": error.detail[:500],
-            "event_id": command.event_id,
+            "event_id": cause.event_id,
             "operation": error.operation.value,
             "retryable": str(error.retryable).lower(),
         }
@@ -492,7 +577,7 @@ class Processor:
             reason=error.kind.value,
             details=details,
         )
-        await self._emit_fact(fact, command, "provider-call-failed", emit, trace)
+        await self._emit_fact(fact, cause, "provider-call-failed", emit, trace)
         letter = DeadLetter(
             original_topic=record.topic,
             original_partition=record.partition,
@@ -503,13 +588,13 @@ class Processor:
                 if len(record.value) <= envelope_module.DEAD_LETTER_ORIGINAL_BYTES_MAX
                 else None
             ),
-            original_event_id=command.event_id,
-            original_event_type=command.event_type,
+            original_event_id=cause.event_id,
+            original_event_type=cause.event_type,
             error_class=PROVIDER_FAILED_ERROR_CLASS,
             reason=error.kind.value,
             detail=str(error)[: envelope_module.NOTE_CHARS_MAX],
         )
-        await self._emit_dead_letter(letter, record, state.payment_id, command, emit, trace)
+        await self._emit_dead_letter(letter, record, state.payment_id, cause, emit, trace)
 
     def _provider(self, provider: Provider) -> PaymentProvider:
         if provider not in self._providers:
@@ -642,15 +727,170 @@ class Processor:
         )
 
 
-def _call(
-    provider: PaymentProvider, operation: Operation, ref: str, amount: Money | None, key: str
-) -> Callable[[], Awaitable[ProviderResult]]:
-    """The capture, cancel or refund call, ready to be tried (again) with the same key."""
-    if operation is Operation.CAPTURE:
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One provider call to make: what, with which key, against which reference."""
+
+    operation: Operation
+    key: str
+    ref: str | None = None  # None for a create
+    amount: Money | None = None
+    final: bool = True  # a capture: it closes the authorization
+    capture: int | None = None  # a refund: the index of its capture in Entry.captures
+    create: CreatePayment | None = None
+
+
+def _plan(
+    event_id: str,
+    operation: Operation,
+    state: PaymentState,
+    entry: state_codec.Entry,
+    amount: Money | None,
+) -> list[_Call]:
+    """The calls that make ``operation`` for the payment, against the references kept.
+
+    Capture and cancel go against the authorization when the provider keeps
+    one of its own, else against the payment; so does a follow-up authorize.
+    A capture is final when it takes all that is left of what was authorized.
+    A refund goes against the captures the provider keeps of their own, if
+    any: the oldest first, each for at most what is left of it, one call per
+    capture (keys ``refund``, ``refund-2``, ...); a refund that the captures
+    kept cannot cover is refused before any call. Without such captures it
+    goes against the payment.
+    """
+    if operation is Operation.REFUND and entry.captures:
+        return _refund_plan(event_id, state, entry, amount)
+    key = derive_idempotency_key(event_id, operation.value)
+    ref = entry.provider_ref
+    if operation in (Operation.CAPTURE, Operation.CANCEL) and entry.authorization_ref is not None:
+        ref = entry.authorization_ref
+    if ref is None:
+        raise ProviderError(
+            state.provider,
+            operation,
+            FailureKind.INVALID_INPUT,
+            "no provider reference for this payment (its create call failed)",
+        )
+    final = True
+    if operation is Operation.CAPTURE and amount is not None:
+        captured = max(state.captured_minor, sum(c.amount_minor for c in entry.captures))
+        final = captured + amount.amount_minor >= state.authorized_minor
+    return [_Call(operation, key, ref, amount, final=final)]
+
+
+def _refund_plan(
+    event_id: str, state: PaymentState, entry: state_codec.Entry, amount: Money | None
+) -> list[_Call]:
+    refundable = sum(capture.refundable_minor for capture in entry.captures)
+    wanted = refundable if amount is None else amount.amount_minor
+    calls: list[_Call] = []
+    left = wanted
+    for index, capture in enumerate(entry.captures):
+        take = min(left, capture.refundable_minor)
+        if take <= 0:
+            continue
+        step = Operation.REFUND.value if not calls else f"{Operation.REFUND.value}-{len(calls) + 1}"
+        calls.append(
+            _Call(
+                Operation.REFUND,
+                derive_idempotency_key(event_id, step),
+                capture.ref,
+                state.money(take),
+                capture=index,
+            )
+        )
+        left -= take
+        if left == 0:
+            break
+    if left > 0 or not calls:
+        raise ProviderError(
+            state.provider,
+            Operation.REFUND,
+            FailureKind.INVALID_INPUT,
+            f"a refund of {wanted} with {refundable} left to refund of the "
+            f"{len(entry.captures)} captures made: nothing was sent",
+        )
+    return calls
+
+
+def _invoke(provider: PaymentProvider, call: _Call) -> Callable[[], Awaitable[ProviderResult]]:
+    """The call, ready to be tried (again) with the same key."""
+    key, ref, amount = call.key, call.ref, call.amount
+    if call.operation is Operation.CREATE:
+        request = call.create
+        assert request is not None
+        return lambda: provider.create(request, idempotency_key=key)
+    assert ref is not None
+    if call.operation is Operation.AUTHORIZE:
+        if not isinstance(provider, SeparateAuthorization):
+            raise unsupported(
+                provider.provider, call.operation, "the provider has no authorize call"
+            )
+        return lambda: provider.authorize(ref, idempotency_key=key)
+    if call.operation is Operation.CAPTURE:
+        if isinstance(provider, SeparateAuthorization):
+            final = call.final
+            return lambda: provider.capture(ref, amount, idempotency_key=key, final=final)
         return lambda: provider.capture(ref, amount, idempotency_key=key)
-    if operation is Operation.REFUND:
+    if call.operation is Operation.REFUND:
         return lambda: provider.refund(ref, amount, idempotency_key=key)
     return lambda: provider.cancel(ref, idempotency_key=key)
+
+
+def _kept(
+    entry: state_codec.Entry, state: PaymentState, call: _Call, result: ProviderResult
+) -> state_codec.Entry:
+    """``entry`` with what a successful call returned, by what its reference names."""
+    if call.capture is not None:  # a refund of one capture kept
+        refunded = _reported(result, state, call.amount)
+        captures = list(entry.captures)
+        capture = captures[call.capture]
+        captures[call.capture] = dataclasses.replace(
+            capture, refunded_minor=capture.refunded_minor + refunded
+        )
+        return dataclasses.replace(entry, captures=tuple(captures))
+    if result.ref_kind is RefKind.AUTHORIZATION:
+        return dataclasses.replace(entry, authorization_ref=result.ref)
+    if result.ref_kind is RefKind.CAPTURE:
+        if call.operation is not Operation.CAPTURE:
+            return entry
+        captured = _reported(
+            result,
+            state,
+            call.amount
+            or state.money(state.amount_minor - sum(c.amount_minor for c in entry.captures)),
+        )
+        capture = state_codec.CaptureRef(ref=result.ref, amount_minor=captured)
+        return dataclasses.replace(entry, captures=(*entry.captures, capture))
+    return dataclasses.replace(entry, provider_ref=result.ref)
+
+
+def _reported(result: ProviderResult, state: PaymentState, asked: Money | None) -> int:
+    """The amount the provider says it moved, when it says so readably; else what was asked."""
+    if (
+        result.amount is not None
+        and result.amount.currency == state.currency
+        and result.amount.amount_minor > 0
+    ):
+        return result.amount.amount_minor
+    return asked.amount_minor if asked is not None else 0
+
+
+def _after_parts(error: ProviderError, calls: list[_Call], done: int) -> ProviderError:
+    """``error`` of call ``done + 1`` of several, saying what the calls before it did."""
+    moved = sum(call.amount.amount_minor for call in calls[:done] if call.amount is not None)
+    wanted = sum(call.amount.amount_minor for call in calls if call.amount is not None)
+    return ProviderError(
+        error.provider,
+        error.operation,
+        error.kind,
+        f"call {done + 1} of {len(calls)} failed after {moved} of {wanted} went through: "
+        f"{error.detail}",
+        status_code=error.status_code,
+        provider_code=error.provider_code,
+        retryable=error.retryable,
+        retry_after_s=error.retry_after_s,
+    )
 
 
 def _hold(record: Record, envelope: Envelope, entry: state_codec.Entry) -> state_codec.Entry | None:

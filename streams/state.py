@@ -5,9 +5,12 @@ JSON, so a state written by one release is read by the next, and a changelog
 record can be inspected by hand. ``loads(dumps(s)) == s`` for every state.
 
 The table value itself is an ``Entry`` (``dumps_entry``/``loads_entry``,
-format 2): the state, the provider's reference for the next call, and the
-provider events held until the payment's CREATE. A bare format-1 state is
-still read, as an entry with no reference and nothing held.
+format 3): the state, the provider's references for later calls (the
+payment's, its authorization's, and each capture's with what it captured and
+what was refunded of it), and the provider events held until the payment's
+CREATE. Older values are still read: a format-2 entry (one reference) as an
+entry with no authorization or capture references, a bare format-1 state as
+an entry with no reference and nothing held.
 """
 
 from __future__ import annotations
@@ -90,7 +93,26 @@ def loads(data: bytes) -> PaymentState:
 # --------------------------------------------------------------------------
 # The table value: the state plus what the agent keeps beside it.
 
-ENTRY_FORMAT_VERSION = 2
+ENTRY_FORMAT_VERSION = 3
+_ENTRY_FORMAT_ONE_REF = 2  # before authorization and capture references were kept
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureRef:
+    """One capture the provider keeps as an object of its own (``RefKind.CAPTURE``).
+
+    ``amount_minor`` is what it captured and ``refunded_minor`` what the
+    worker's refund calls took from it since, both in the payment's minor
+    units: a refund takes at most the difference from this capture.
+    """
+
+    ref: str
+    amount_minor: int
+    refunded_minor: int = 0
+
+    @property
+    def refundable_minor(self) -> int:
+        return self.amount_minor - self.refunded_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +136,22 @@ class Entry:
     """One payment's table value.
 
     ``state`` is None until the CREATE is applied (only held events so far).
-    ``provider_ref`` is the reference the provider's last successful call
-    returned (``ProviderResult.ref``): what the next capture, cancel or
-    refund takes. The machine has no field for it (``provider_object_id`` is
-    what the provider's events name, not an adapter's reference), so it is
-    kept here. ``held`` is bounded by ``ledger.limits.STREAMS_HELD_EVENTS_*``.
+    The references are what the provider's successful calls returned
+    (``ProviderResult.ref``), by what they name (``ProviderResult.ref_kind``):
+    ``provider_ref`` the payment (PaymentIntent, charge, order),
+    ``authorization_ref`` an authorization of its own, ``captures`` each
+    capture of its own, oldest first. Capture and cancel take the
+    authorization if there is one, else the payment; refund takes the
+    captures if there are any, else the payment. The machine has no field for
+    them (``provider_object_id`` is what the provider's events name, not an
+    adapter's reference), so they are kept here, where they survive a
+    restart. ``held`` is bounded by ``ledger.limits.STREAMS_HELD_EVENTS_*``.
     """
 
     state: PaymentState | None = None
     provider_ref: str | None = None
+    authorization_ref: str | None = None
+    captures: tuple[CaptureRef, ...] = ()
     held: tuple[HeldEvent, ...] = ()
 
     @property
@@ -135,6 +164,15 @@ def dumps_entry(entry: Entry) -> bytes:
         "v": ENTRY_FORMAT_VERSION,
         "state": json.loads(dumps(entry.state)) if entry.state is not None else None,
         "provider_ref": entry.provider_ref,
+        "authorization_ref": entry.authorization_ref,
+        "captures": [
+            {
+                "ref": capture.ref,
+                "amount_minor": capture.amount_minor,
+                "refunded_minor": capture.refunded_minor,
+            }
+            for capture in entry.captures
+        ],
         "held": [
             {
                 "provider_event_id": held.provider_event_id,
@@ -150,17 +188,28 @@ def dumps_entry(entry: Entry) -> bytes:
 
 
 def loads_entry(data: bytes) -> Entry:
-    """An entry; a bare version-1 state (written before entries existed) is read too."""
+    """An entry; a format-2 entry and a bare version-1 state are read too."""
     record = json.loads(data)
     version = record.get("v")
     if version == FORMAT_VERSION:
         return Entry(state=loads(data))
-    if version != ENTRY_FORMAT_VERSION:
+    if version not in (_ENTRY_FORMAT_ONE_REF, ENTRY_FORMAT_VERSION):
         raise ValueError(f"unknown payment table entry format {version!r}")
+    if version == _ENTRY_FORMAT_ONE_REF:
+        record = {**record, "authorization_ref": None, "captures": []}
     state = record["state"]
     return Entry(
         state=loads(json.dumps(state).encode()) if state is not None else None,
         provider_ref=record["provider_ref"],
+        authorization_ref=record["authorization_ref"],
+        captures=tuple(
+            CaptureRef(
+                ref=capture["ref"],
+                amount_minor=capture["amount_minor"],
+                refunded_minor=capture["refunded_minor"],
+            )
+            for capture in record["captures"]
+        ),
         held=tuple(
             HeldEvent(
                 provider_event_id=held["provider_event_id"],

@@ -20,6 +20,11 @@ Two kinds of data per provider, and no provider-specific ``if`` anywhere else:
 ``COMMANDS[provider]``
     The statuses from which each merchant command is accepted.
 
+A rule may also name the provider call that the worker makes itself once the
+event applies (``Rule.follow_up``, read with ``follow_up``), by the payment's
+capture method: PayPal's approved order is authorized (MANUAL) or captured
+(AUTOMATIC) by the merchant's side, with no command asking for it.
+
 Sources (the event names and statuses are copied from these):
 
 * Stripe: event types https://docs.stripe.com/api/events/types; PaymentIntent
@@ -48,7 +53,14 @@ from types import MappingProxyType
 from typing import Final
 
 from ledger import currencies
-from ledger.envelope import CommandKind, Money, PaymentEventKind, Provider, ProviderEvent
+from ledger.envelope import (
+    CaptureMethod,
+    CommandKind,
+    Money,
+    PaymentEventKind,
+    Provider,
+    ProviderEvent,
+)
 from ledger.errors import EncodingError
 from ledger.payments.status import BEFORE_CAPTURE, PaymentStatus
 
@@ -70,6 +82,17 @@ class FeeEffect(StrEnum):
     RETURNED = "returned"  # ProviderEvent.fee is a fee the provider gave back (PayPal refunds)
 
 
+class FollowUp(StrEnum):
+    """A provider call the worker makes itself once an event applies (no command asks for it)."""
+
+    AUTHORIZE = "authorize"  # the approved payment becomes an authorization, captured later
+    CAPTURE = "capture"  # the approved payment is captured in full
+
+
+# (capture method, the call it needs), for Rule.follow_up.
+FollowUps = tuple[tuple[CaptureMethod, FollowUp], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """What one kind of provider event means. See the module docstring."""
@@ -87,6 +110,7 @@ class Rule:
     names_payment: bool = False  # provider_object_id is the payment-level object
     payment_field: str | None = None  # fields[...] names the payment-level object
     dispute: bool = False  # provider_object_id is a dispute id
+    follow_up: FollowUps = ()  # the call the worker makes next, per capture method
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +256,17 @@ _ORDER = "order_id"  # supplementary_data.related_ids.order_id, as the normalize
 
 PAYPAL_RULES: Final[Mapping[tuple[str, str], Rule | None]] = MappingProxyType(
     {
-        # The payer approved the order; the merchant captures or authorizes next.
-        ("CHECKOUT.ORDER.APPROVED", ANY): Rule(K.STATUS_CHANGED, S.PROCESSING, names_payment=True),
+        # The payer approved the order; the merchant captures (intent CAPTURE)
+        # or authorizes (intent AUTHORIZE) it next: the worker makes that call.
+        ("CHECKOUT.ORDER.APPROVED", ANY): Rule(
+            K.STATUS_CHANGED,
+            S.PROCESSING,
+            names_payment=True,
+            follow_up=(
+                (CaptureMethod.AUTOMATIC, FollowUp.CAPTURE),
+                (CaptureMethod.MANUAL, FollowUp.AUTHORIZE),
+            ),
+        ),
         ("CHECKOUT.ORDER.COMPLETED", ANY): Rule(K.NOTED, names_payment=True),
         # Not captured within the capture window: PayPal cancels the order.
         ("CHECKOUT.PAYMENT-APPROVAL.REVERSED", ANY): Rule(
@@ -543,6 +576,21 @@ def find_rule(event: ProviderEvent) -> tuple[tuple[str, str], Rule | None]:
         "unmapped-event",
         f"{event.provider.value} has no rule for {kind!r} with status {key!r}",
     )
+
+
+def follow_up(event: ProviderEvent, capture_method: CaptureMethod) -> FollowUp | None:
+    """The call the worker makes itself once ``event`` applied to a payment captured so.
+
+    None when the event's rule names none, or when no rule applies (such an
+    event is rejected before any call could follow).
+    """
+    try:
+        _, rule = find_rule(event)
+    except MappingError:
+        return None
+    if rule is None:
+        return None
+    return next((call for method, call in rule.follow_up if method is capture_method), None)
 
 
 def map_event(event: ProviderEvent, currency: str) -> Transition:

@@ -5,6 +5,17 @@ An agent that has checked a command against the payment's state calls::
     result = await provider.create(CreatePayment(...), idempotency_key=key)
     result = await provider.capture(result.ref, amount, idempotency_key=key)
 
+Each result says what its ``ref`` names (``RefKind``): the payment itself
+(Stripe's PaymentIntent, Coinbase's charge, PayPal's order), or, where the
+provider keeps them as objects of their own, an authorization or one capture
+(PayPal). The caller keeps each kind apart and passes the one the next call
+takes: capture and cancel take the authorization when there is one, else the
+payment; refund takes a capture when there are any, else the payment.
+
+An adapter whose provider authorizes an approved payment in a call of its own
+and captures one authorization in parts also offers ``SeparateAuthorization``
+(PayPal): ``authorize``, and ``capture(..., final=...)``.
+
 ``key`` comes from ``derive_idempotency_key(command_event_id)``: a command
 redelivered after a crash derives the same key, and each provider then
 answers the repeat with the first call's outcome instead of moving money
@@ -53,6 +64,14 @@ class Operation(StrEnum):
     CAPTURE = "capture"
     CANCEL = "cancel"
     REFUND = "refund"
+
+
+class RefKind(StrEnum):
+    """What the reference of a ``ProviderResult`` names."""
+
+    PAYMENT = "payment"  # the payment itself: PaymentIntent, charge, order
+    AUTHORIZATION = "authorization"  # an authorization of its own, captured or voided later
+    CAPTURE = "capture"  # one capture of its own, refunded on its own
 
 
 class FailureKind(StrEnum):
@@ -159,9 +178,10 @@ class CreatePayment:
 class ProviderResult:
     """What a successful call returned.
 
-    ``ref`` is what the next call for this payment takes (``capture``,
-    ``cancel``, ``refund``); its format belongs to the adapter, callers store
-    it as it is. ``object_id`` is the provider object this call made or
+    ``ref`` is what a later call for this payment takes (``capture``,
+    ``cancel``, ``refund``), and ``ref_kind`` says what it names (see the
+    module docstring for which call takes which); its format belongs to the
+    adapter, callers store it as it is. ``object_id`` is the provider object this call made or
     changed (a refund's id, say). ``status`` is the provider's own status word,
     verbatim: mapping it onto payledger's unified status is the state
     machine's business. ``amount`` is the amount the provider reports, when
@@ -176,6 +196,7 @@ class ProviderResult:
     status: str
     idempotency_key: str
     amount: Money | None = None
+    ref_kind: RefKind = RefKind.PAYMENT
     # Where the customer goes to approve or pay (PayPal approve link, Coinbase hosted page).
     customer_action_url: str | None = None
     # The provider (or the adapter's local record) says this repeats an earlier call.
@@ -198,7 +219,11 @@ class PaymentProvider(Protocol):
     async def capture(
         self, ref: str, amount: Money | None, *, idempotency_key: str
     ) -> ProviderResult:
-        """Capture ``amount`` (None: all of it); a partial capture releases the rest."""
+        """Capture ``amount`` (None: all that is left).
+
+        A partial capture releases the rest of the authorization, unless the
+        adapter is a ``SeparateAuthorization``: see its ``capture``.
+        """
         ...
 
     async def cancel(self, ref: str, *, idempotency_key: str) -> ProviderResult: ...
@@ -214,6 +239,30 @@ class PaymentProvider(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class SeparateAuthorization(PaymentProvider, Protocol):
+    """An adapter whose provider keeps the authorization as an object of its own (PayPal).
+
+    Once the customer approved a payment captured by hand, ``authorize`` turns
+    it into an authorization (``RefKind.AUTHORIZATION``), which is captured in
+    one or more parts and voided with ``cancel``.
+    """
+
+    async def authorize(self, ref: str, *, idempotency_key: str) -> ProviderResult:
+        """Authorize the approved payment ``ref``; the result names the authorization."""
+        ...
+
+    async def capture(
+        self, ref: str, amount: Money | None, *, idempotency_key: str, final: bool = False
+    ) -> ProviderResult:
+        """Capture ``amount`` (None: all that is left, always final).
+
+        ``final`` False keeps the rest of the authorization open for more
+        captures; True releases whatever this capture leaves.
+        """
+        ...
 
 
 def derive_idempotency_key(event_id: uuid.UUID | str, step: str | None = None) -> str:

@@ -11,17 +11,25 @@ Flows, by the capture method of the payment:
 
     AUTOMATIC  create (intent CAPTURE) -> buyer approves -> capture(order ref)
     MANUAL     create (intent AUTHORIZE) -> buyer approves -> authorize(order ref)
-               -> capture(authorization ref, amount)  or  cancel(authorization ref)
+               -> capture(authorization ref, amount, final=...) once or more
+               or cancel(authorization ref)
+    either     refund(capture ref, amount), against each capture on its own
 
-``capture`` and ``authorize`` return a capture or authorization reference;
-``refund`` takes a capture reference. References are ``<kind>:<PayPal id>``
-(``order:5O190127TN364715T``), because PayPal's order, authorization and
-capture ids look alike and live under different paths. An order cannot be
-canceled through the API (it expires unless captured), and an order is
-captured in full; both are refused here as UNSUPPORTED, before any call.
+``create`` returns an order reference (``RefKind.PAYMENT``), ``authorize`` an
+authorization reference, ``capture`` a capture reference, and ``refund`` the
+capture it refunded, so a second partial refund goes against it again.
+References are ``<kind>:<PayPal id>`` (``order:5O190127TN364715T``), because
+PayPal's order, authorization and capture ids look alike and live under
+different paths. An order cannot be canceled through the API (it expires
+unless captured), and an order is captured in full; both are refused here as
+UNSUPPORTED, before any call.
 
-A partial capture sets ``final_capture``: the rest of the authorization is
-released, as with Stripe.
+One authorization may be captured in several parts. ``final_capture`` is
+PayPal's word for whether more may follow: a capture with an amount keeps the
+rest open (``final_capture: false``) unless the caller says ``final=True``
+(the capture that takes what is left, or the last one the merchant wants: the
+rest is then released); a capture without an amount takes all that is left
+and is final.
 
 The idempotency key travels as ``PayPal-Request-Id`` on every POST (PayPal
 keeps it 6 hours by default). Amounts are decimal strings
@@ -53,6 +61,7 @@ from streams.providers.base import (
     Operation,
     ProviderError,
     ProviderResult,
+    RefKind,
     check_idempotency_key,
     check_path_id,
     deadline,
@@ -238,11 +247,18 @@ class PayPalProvider:
             amount=_read_money(node_at(authorization, "amount")),
             status=text_at(authorization, "status"),
             replayed=_order_replay(reply),
+            ref_kind=RefKind.AUTHORIZATION,
         )
 
     async def capture(
-        self, ref: str, amount: Money | None, *, idempotency_key: str
+        self, ref: str, amount: Money | None, *, idempotency_key: str, final: bool = False
     ) -> ProviderResult:
+        """Capture an approved order in full, or ``amount`` of an authorization.
+
+        Of an authorization: ``final`` False keeps the rest open for more
+        captures, True releases it; without an amount, all that is left is
+        captured and the capture is final.
+        """
         operation = Operation.CAPTURE
         key = check_idempotency_key(PROVIDER, operation, idempotency_key)
         kind, paypal_id = parse_ref(operation, ref, ORDER, AUTHORIZATION)
@@ -258,7 +274,7 @@ class PayPalProvider:
             capture = node_at(reply.document, "purchase_units", 0, "payments", "captures", 0)
             replayed = _order_replay(reply)
         else:
-            body: dict[str, Any] = {"final_capture": True}
+            body: dict[str, Any] = {"final_capture": final or amount is None}
             if amount is not None:
                 body["amount"] = paypal_value(operation, amount)
             reply = await self._post(
@@ -276,6 +292,7 @@ class PayPalProvider:
             amount=_read_money(node_at(capture, "amount")),
             status=text_at(capture, "status"),
             replayed=replayed,
+            ref_kind=RefKind.CAPTURE,
         )
 
     async def cancel(self, ref: str, *, idempotency_key: str) -> ProviderResult:
@@ -295,7 +312,16 @@ class PayPalProvider:
         # 204 No Content is PayPal's answer for a voided authorization when it
         # sends no representation.
         status = "VOIDED" if reply.document is None else text_at(reply.document, "status")
-        return self._result(operation, ref, paypal_id, reply, key, amount=None, status=status)
+        return self._result(
+            operation,
+            ref,
+            paypal_id,
+            reply,
+            key,
+            amount=None,
+            status=status,
+            ref_kind=RefKind.AUTHORIZATION,
+        )
 
     async def refund(
         self, ref: str, amount: Money | None, *, idempotency_key: str
@@ -316,6 +342,7 @@ class PayPalProvider:
             reply,
             key,
             amount=_read_money(node_at(reply.document, "amount")),
+            ref_kind=RefKind.CAPTURE,
         )
 
     # -- HTTP and OAuth
@@ -408,6 +435,7 @@ class PayPalProvider:
         status: str | None = None,
         customer_action_url: str | None = None,
         replayed: bool = False,
+        ref_kind: RefKind = RefKind.PAYMENT,
     ) -> ProviderResult:
         return ProviderResult(
             provider=PROVIDER,
@@ -419,6 +447,7 @@ class PayPalProvider:
             amount=amount,
             customer_action_url=customer_action_url,
             replayed=replayed,
+            ref_kind=ref_kind,
             request_id=reply.headers.get("paypal-debug-id"),
         )
 

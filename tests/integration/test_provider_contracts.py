@@ -24,6 +24,7 @@ from streams.providers.base import (
     PaymentProvider,
     ProviderError,
     ProviderResult,
+    RefKind,
 )
 from streams.providers.coinbase import CoinbaseProvider
 from streams.providers.paypal import PayPalProvider, make_ref
@@ -226,7 +227,8 @@ class PayPalBackend(ContractBackend):
         value = from_minor_units(amount.amount_minor, amount.currency)
         assert money == {"currency_code": amount.currency, "value": value}
         if operation is Operation.CAPTURE:
-            assert body["final_capture"] is True  # the rest of the authorization is released
+            # A capture of part of an authorization keeps the rest open for more captures.
+            assert body["final_capture"] is False
 
     def unsupported(self) -> list[UnsupportedCall]:
         order = make_ref("order", "5O190127TN364715T")
@@ -268,6 +270,46 @@ async def test_paypal_requests_match_paypals_schemas(provider_mocks: Settings) -
             assert errors == [], (path, errors)
             checked += 1
     assert checked == 3
+
+
+async def test_paypal_captures_an_authorization_in_parts_and_refunds_a_capture(
+    provider_mocks: Settings,
+) -> None:
+    async with PayPalBackend(provider_mocks).make() as adapter:
+        assert isinstance(adapter, PayPalProvider)
+        created = await adapter.create(payment(), idempotency_key=new_key())
+        authorize_key, part_key, last_key, refund_key = (new_key() for _ in range(4))
+        authorized = await adapter.authorize(created.ref, idempotency_key=authorize_key)
+        part = await adapter.capture(authorized.ref, Money(600, CURRENCY), idempotency_key=part_key)
+        last = await adapter.capture(
+            authorized.ref, Money(450, CURRENCY), idempotency_key=last_key, final=True
+        )
+        refunded = await adapter.refund(part.ref, Money(100, CURRENCY), idempotency_key=refund_key)
+    assert created.ref_kind is RefKind.PAYMENT
+    assert authorized.ref_kind is RefKind.AUTHORIZATION
+    assert (part.ref_kind, last.ref_kind) == (RefKind.CAPTURE, RefKind.CAPTURE)
+    assert (refunded.ref_kind, refunded.ref) == (RefKind.CAPTURE, part.ref)
+    sent = {
+        request["headers"].get("paypal-request-id"): request
+        for request in await _recorded(provider_mocks.paypal_base_url())
+    }
+    order_id = created.ref.removeprefix("order:")
+    authorization_id = authorized.ref.removeprefix("authorization:")
+    assert sent[authorize_key]["path"] == f"/v2/checkout/orders/{order_id}/authorize"
+    assert [(sent[key]["path"], sent[key]["body"]) for key in (part_key, last_key)] == [
+        (
+            f"/v2/payments/authorizations/{authorization_id}/capture",
+            {"final_capture": False, "amount": {"currency_code": CURRENCY, "value": "6.00"}},
+        ),
+        (
+            f"/v2/payments/authorizations/{authorization_id}/capture",
+            {"final_capture": True, "amount": {"currency_code": CURRENCY, "value": "4.50"}},
+        ),
+    ]
+    assert sent[refund_key]["path"] == (
+        f"/v2/payments/captures/{part.ref.removeprefix('capture:')}/refund"
+    )
+    assert all(sent[key]["violations"] is None for key in (part_key, last_key, refund_key))
 
 
 async def test_paypal_schema_check_catches_a_malformed_body() -> None:

@@ -28,6 +28,8 @@ from streams.providers.base import (
     Operation,
     PaymentProvider,
     ProviderError,
+    RefKind,
+    SeparateAuthorization,
     derive_idempotency_key,
     kind_for_status,
 )
@@ -376,6 +378,173 @@ async def test_paypal_refuses_references_it_did_not_make(ref: str) -> None:
             await adapter.cancel(ref, idempotency_key=KEY)
     assert caught.value.kind is FailureKind.INVALID_INPUT
     assert calls == []
+
+
+def _eur(value: str) -> dict[str, str]:
+    return {"currency_code": "EUR", "value": value}
+
+
+class PayPalPeer:
+    """Answers the Orders v2 and Payments v2 calls of a MANUAL payment, and records them."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.captures = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        token = _token(request)
+        if token is not None:
+            return token
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/v2/checkout/orders/5O190127TN364715T/authorize":
+            authorization = {
+                "id": "0VF52814937998046",
+                "status": "CREATED",
+                "amount": _eur("10.50"),
+            }
+            return httpx.Response(
+                201,
+                json={
+                    **ORDER,
+                    "status": "COMPLETED",
+                    "purchase_units": [{"payments": {"authorizations": [authorization]}}],
+                },
+            )
+        if path == "/v2/checkout/orders/5O190127TN364715T/capture":
+            capture = {"id": "3C679366HH908993F", "status": "COMPLETED", "amount": _eur("10.50")}
+            return httpx.Response(
+                201,
+                json={
+                    **ORDER,
+                    "status": "COMPLETED",
+                    "purchase_units": [{"payments": {"captures": [capture]}}],
+                },
+            )
+        if path == "/v2/payments/authorizations/0VF52814937998046/capture":
+            self.captures += 1
+            amount = json.loads(request.content).get("amount", _eur("10.50"))
+            return httpx.Response(
+                201,
+                json={
+                    "id": f"2GG279541U47193{self.captures}P",
+                    "status": "COMPLETED",
+                    "amount": amount,
+                },
+            )
+        if path == "/v2/payments/authorizations/0VF52814937998046/void":
+            return httpx.Response(204)
+        if path == "/v2/payments/captures/2GG279541U471931P/refund":
+            amount = json.loads(request.content)["amount"]
+            return httpx.Response(
+                201, json={"id": "1JU08902781691411", "status": "COMPLETED", "amount": amount}
+            )
+        return httpx.Response(404, json={"name": "RESOURCE_NOT_FOUND"})
+
+    def sent(self) -> list[tuple[str, object, str]]:
+        """(path, JSON body or None, PayPal-Request-Id) of each API call."""
+        return [
+            (
+                request.url.path,
+                json.loads(request.content) if request.content else None,
+                request.headers["paypal-request-id"],
+            )
+            for request in self.requests
+        ]
+
+
+def _keys(n: int) -> list[str]:
+    return [derive_idempotency_key(uuid.UUID(int=i + 1), "step") for i in range(n)]
+
+
+async def test_only_paypal_authorizes_in_a_call_of_its_own() -> None:
+    def unused(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no call is made")
+
+    for adapter, separate in (
+        (_paypal(unused), True),
+        (_stripe(unused), False),
+        (_coinbase(unused), False),
+    ):
+        async with adapter:
+            assert isinstance(adapter, SeparateAuthorization) is separate
+
+
+async def test_paypal_authorizes_then_captures_an_authorization_in_parts() -> None:
+    peer = PayPalPeer()
+    order = "order:5O190127TN364715T"
+    authorize, part, last, rest = _keys(4)
+    async with _paypal(peer) as adapter:
+        authorized = await adapter.authorize(order, idempotency_key=authorize)
+        first = await adapter.capture(authorized.ref, Money(600, "EUR"), idempotency_key=part)
+        second = await adapter.capture(
+            authorized.ref, Money(400, "EUR"), idempotency_key=last, final=True
+        )
+        remaining = await adapter.capture(authorized.ref, None, idempotency_key=rest)
+    assert (authorized.ref, authorized.ref_kind) == (
+        "authorization:0VF52814937998046",
+        RefKind.AUTHORIZATION,
+    )
+    assert (authorized.amount, authorized.status) == (Money(1050, "EUR"), "CREATED")
+    assert not authorized.replayed  # 201: a first call
+    assert [(c.ref, c.ref_kind, c.amount) for c in (first, second, remaining)] == [
+        ("capture:2GG279541U471931P", RefKind.CAPTURE, Money(600, "EUR")),
+        ("capture:2GG279541U471932P", RefKind.CAPTURE, Money(400, "EUR")),
+        ("capture:2GG279541U471933P", RefKind.CAPTURE, Money(1050, "EUR")),
+    ]
+    capture_path = "/v2/payments/authorizations/0VF52814937998046/capture"
+    assert peer.sent() == [
+        ("/v2/checkout/orders/5O190127TN364715T/authorize", {}, authorize),
+        # Part of the authorization: the rest stays open for another capture.
+        (capture_path, {"final_capture": False, "amount": _eur("6.00")}, part),
+        (capture_path, {"final_capture": True, "amount": _eur("4.00")}, last),
+        # No amount: all that is left, which is always final.
+        (capture_path, {"final_capture": True}, rest),
+    ]
+
+
+async def test_paypal_captures_an_approved_order_in_full() -> None:
+    peer = PayPalPeer()
+    async with _paypal(peer) as adapter:
+        captured = await adapter.capture(
+            "order:5O190127TN364715T", None, idempotency_key=KEY, final=True
+        )
+        with pytest.raises(ProviderError) as caught:
+            await adapter.capture("order:5O190127TN364715T", Money(100, "EUR"), idempotency_key=KEY)
+    assert (captured.ref, captured.ref_kind) == ("capture:3C679366HH908993F", RefKind.CAPTURE)
+    assert captured.amount == Money(1050, "EUR")
+    assert caught.value.kind is FailureKind.UNSUPPORTED
+    assert peer.sent() == [("/v2/checkout/orders/5O190127TN364715T/capture", {}, KEY)]
+
+
+async def test_paypal_voids_an_authorization() -> None:
+    peer = PayPalPeer()
+    async with _paypal(peer) as adapter:
+        voided = await adapter.cancel("authorization:0VF52814937998046", idempotency_key=KEY)
+    assert (voided.ref, voided.ref_kind) == (
+        "authorization:0VF52814937998046",
+        RefKind.AUTHORIZATION,
+    )
+    assert voided.status == "VOIDED"  # 204: no representation
+    assert peer.sent() == [("/v2/payments/authorizations/0VF52814937998046/void", None, KEY)]
+
+
+async def test_paypal_refunds_a_capture_and_keeps_its_reference() -> None:
+    peer = PayPalPeer()
+    async with _paypal(peer) as adapter:
+        refunded = await adapter.refund(
+            "capture:2GG279541U471931P", Money(300, "EUR"), idempotency_key=KEY
+        )
+        with pytest.raises(ProviderError) as caught:
+            await adapter.refund(
+                "authorization:0VF52814937998046", Money(300, "EUR"), idempotency_key=KEY
+            )
+    assert (refunded.ref, refunded.ref_kind) == ("capture:2GG279541U471931P", RefKind.CAPTURE)
+    assert (refunded.object_id, refunded.amount) == ("1JU08902781691411", Money(300, "EUR"))
+    assert caught.value.kind is FailureKind.INVALID_INPUT, "a refund takes a capture"
+    assert peer.sent() == [
+        ("/v2/payments/captures/2GG279541U471931P/refund", {"amount": _eur("3.00")}, KEY)
+    ]
 
 
 # ---- Coinbase -------------------------------------------------------------------

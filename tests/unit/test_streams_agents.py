@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
+import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +33,7 @@ from ledger.envelope import (
 from ledger.errors import InvalidEnvelope, Reason
 from ledger.keys import KeyRing
 from ledger.keystore import ActiveSigner, KeyStore
+from ledger.payments import transitions
 from ledger.payments.machine import Outcome, PaymentState
 from ledger.payments.status import PaymentStatus
 from ledger.signing import FileSigner
@@ -55,6 +58,7 @@ from streams.providers import (
     ProviderResult,
     derive_idempotency_key,
 )
+from streams.providers.base import RefKind, SeparateAuthorization
 from tests.support import events
 from tests.support.fakes import MemoryRegistry
 
@@ -195,6 +199,35 @@ def test_entry_round_trip_with_ref_and_held_events() -> None:
         assert state_codec.dumps_entry(state_codec.loads_entry(data)) == data
 
 
+def test_entry_round_trip_with_authorization_and_capture_refs() -> None:
+    entry = state_codec.Entry(
+        state=_state(),
+        provider_ref="order:ORDER-1",
+        authorization_ref="authorization:AUTH-1",
+        captures=(
+            state_codec.CaptureRef("capture:C-1", 600, 600),
+            state_codec.CaptureRef("capture:C-2", 400),
+        ),
+    )
+    data = state_codec.dumps_entry(entry)
+    assert state_codec.loads_entry(data) == entry
+    assert state_codec.dumps_entry(state_codec.loads_entry(data)) == data
+
+
+def test_a_version_2_entry_reads_with_its_one_ref() -> None:
+    held = state_codec.HeldEvent("evt_1", "p.provider-events", 2, 41, b"wire")
+    version_3 = json.loads(
+        state_codec.dumps_entry(
+            state_codec.Entry(state=_state(), provider_ref="order:ORDER-1", held=(held,))
+        )
+    )
+    del version_3["authorization_ref"], version_3["captures"]
+    version_2 = json.dumps({**version_3, "v": 2}).encode()
+    assert state_codec.loads_entry(version_2) == state_codec.Entry(
+        state=_state(), provider_ref="order:ORDER-1", held=(held,)
+    )
+
+
 def test_a_version_1_state_reads_as_an_entry() -> None:
     state = _state()
     assert state_codec.loads_entry(state_codec.dumps(state)) == state_codec.Entry(state=state)
@@ -261,28 +294,42 @@ class FakeProvider:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        provider: Provider = Provider.STRIPE,
+        fake: FakeProvider | None = None,
+    ) -> None:
         clock = lambda: T0 - timedelta(hours=1)  # noqa: E731
-        settings = Settings(state_dir=tmp_path)
-        store = KeyStore(settings, clock=clock)
+        self.settings = Settings(state_dir=tmp_path)
+        store = KeyStore(self.settings, clock=clock)
         store.active_key()
+        self.store = store
         self.codec = EnvelopeCodec(MemoryRegistry())
         self.signer = store.active_key().signer
         self.verifier = Verifier(self.codec, store.keyring())
-        self.fake = FakeProvider()
-        self.processor = Processor(
-            settings,
-            self.codec,
-            self.verifier,
-            ActiveSigner(store, clock=clock),
-            providers=lambda _: self.fake,
-            clock=lambda: T0,
-        )
+        self.provider = provider
+        self.fake = fake or FakeProvider()
+        self.processor = self._processor()
         self.topics = self.processor.topics
         self.table = MemoryTable()
         self.emitted: list[tuple[str, bytes, bytes, Headers]] = []
         self.offset = 0
         self.counter = 0
+
+    def _processor(self) -> Processor:
+        return Processor(
+            self.settings,
+            self.codec,
+            self.verifier,
+            ActiveSigner(self.store, clock=lambda: T0 - timedelta(hours=1)),
+            providers=lambda _: self.fake,
+            clock=lambda: T0,
+        )
+
+    def restart(self) -> None:
+        """A new processor on the same table, as after a worker restart."""
+        self.processor = self._processor()
 
     async def emit(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
         self.emitted.append((topic, key, value, headers))
@@ -292,7 +339,12 @@ class Harness:
         self.offset += 1
         return Record(self.topics[role], 0, self.offset, envelope.aggregate_id.encode(), wire, [])
 
-    def command(self, kind: CommandKind, amount: int | None = None) -> Record:
+    def command(
+        self,
+        kind: CommandKind,
+        amount: int | None = None,
+        capture_method: CaptureMethod = CaptureMethod.MANUAL,
+    ) -> Record:
         self.counter += 1
         envelope = new_envelope(
             event_type=f"payment.command.{kind.value.lower()}",
@@ -304,9 +356,9 @@ class Harness:
                 command=kind,
                 merchant_id="mer_1",
                 idempotency_key=f"idem-{self.counter}",
-                provider=Provider.STRIPE,
+                provider=self.provider,
                 amount=Money(amount, "EUR") if amount is not None else None,
-                capture_method=CaptureMethod.MANUAL if kind is CommandKind.CREATE else None,
+                capture_method=capture_method if kind is CommandKind.CREATE else None,
             ),
         )
         return self.record(TopicRole.COMMANDS, envelope)
@@ -329,6 +381,37 @@ class Harness:
                 provider_object_id="pi_fake",
                 status=status,
                 amount=Money(1000, "EUR"),
+                fields=fields,
+            ),
+        )
+        return self.record(TopicRole.PROVIDER_EVENTS, envelope)
+
+    def paypal(
+        self,
+        event_type: str,
+        status: str,
+        object_id: str,
+        amount: int | None = None,
+        **fields: str,
+    ) -> Record:
+        """A PayPal webhook as the ingress records it; ``fields`` as its normalizer names them."""
+        self.counter += 1
+        envelope = new_envelope(
+            event_type=f"provider.paypal.{event_type.lower()}",
+            aggregate_id=PAYMENT,
+            sequence=self.counter,
+            producer="payledger/ingress",
+            now=T0,
+            occurred_at=T0 + timedelta(seconds=self.counter),
+            payload=ProviderEvent(
+                provider=Provider.PAYPAL,
+                provider_event_id=f"WH-{self.counter}",
+                provider_event_type=event_type,
+                received_at=T0,
+                body_sha256=hashlib.sha256(str(self.counter).encode()).digest(),
+                provider_object_id=object_id,
+                status=status,
+                amount=Money(amount, "EUR") if amount is not None else None,
                 fields=fields,
             ),
         )
@@ -506,6 +589,361 @@ async def test_beyond_the_hold_bound_an_early_event_is_dead_lettered(
     assert isinstance(fact, AuditFact)
     assert fact.reason == "unknown-payment"
     assert len(h.entry().held) == 2
+
+
+# PayPal: the follow-up call on approval, and one reference per object ----------
+
+
+class FakePayPal(FakeProvider):
+    """Answers as the PayPal adapter does, with Prism's unreadable amounts: each object its ref.
+
+    The create returns the order, authorize the authorization, each capture a
+    capture of its own, a void the authorization and a refund its capture.
+    ``fail_keys`` fails the call with that idempotency key.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finals: dict[str, bool] = {}
+        self.fail_keys: dict[str, ProviderError] = {}
+        self._captures = 0
+
+    @property
+    def provider(self) -> Provider:
+        return Provider.PAYPAL
+
+    def _answer(
+        self, operation: Operation, ref: str | None, amount: Money | None, key: str
+    ) -> ProviderResult:
+        self.calls.append((operation, ref, amount, key))
+        failure = self.fail_keys.get(key) or self.fail.get(operation)
+        if failure is not None:
+            raise failure
+        kinds = {
+            Operation.CREATE: ("order:O1", RefKind.PAYMENT),
+            Operation.AUTHORIZE: ("authorization:A1", RefKind.AUTHORIZATION),
+            Operation.CANCEL: (ref or "", RefKind.AUTHORIZATION),
+            Operation.REFUND: (ref or "", RefKind.CAPTURE),
+        }
+        if operation is Operation.CAPTURE:
+            self._captures += 1
+            answer = (f"capture:C{self._captures}", RefKind.CAPTURE)
+        else:
+            answer = kinds[operation]
+        return ProviderResult(
+            provider=Provider.PAYPAL,
+            operation=operation,
+            ref=answer[0],
+            object_id=answer[0].partition(":")[2],
+            status="OK",
+            idempotency_key=key,
+            ref_kind=answer[1],
+        )
+
+    async def authorize(self, ref: str, *, idempotency_key: str) -> ProviderResult:
+        return self._answer(Operation.AUTHORIZE, ref, None, idempotency_key)
+
+    async def capture(
+        self, ref: str, amount: Money | None, *, idempotency_key: str, final: bool = False
+    ) -> ProviderResult:
+        self.finals[idempotency_key] = final
+        return self._answer(Operation.CAPTURE, ref, amount, idempotency_key)
+
+
+def _paypal_harness(tmp_path: Path) -> tuple[Harness, FakePayPal]:
+    fake = FakePayPal()
+    assert isinstance(fake, SeparateAuthorization)
+    return Harness(tmp_path, Provider.PAYPAL, fake), fake
+
+
+def _eur(amount: int) -> Money:
+    return Money(amount, "EUR")
+
+
+async def _approved(h: Harness, capture_method: CaptureMethod) -> Record:
+    """CREATE and the buyer's approval; the approval's record."""
+    create = h.command(CommandKind.CREATE, 1000, capture_method)
+    assert await h.processor.command(create, h.table, h.emit) is Outcome.APPLIED
+    approval = h.paypal("CHECKOUT.ORDER.APPROVED", "APPROVED", "O1")
+    assert await h.processor.provider_event(approval, h.table, h.emit) is Outcome.APPLIED
+    return approval
+
+
+async def _paypal_step(h: Harness, record: Record, outcome: Outcome) -> None:
+    process = (
+        h.processor.command
+        if record.topic == h.topics[TopicRole.COMMANDS]
+        else h.processor.provider_event
+    )
+    assert await process(record, h.table, h.emit) is outcome
+
+
+def test_only_paypals_approval_names_a_follow_up_call() -> None:
+    named = {
+        (provider, row, rule.follow_up)
+        for provider, table in transitions.RULES.items()
+        for row, rule in table.rules.items()
+        if rule is not None and rule.follow_up
+    }
+    assert named == {
+        (
+            Provider.PAYPAL,
+            ("CHECKOUT.ORDER.APPROVED", transitions.ANY),
+            (
+                (CaptureMethod.AUTOMATIC, transitions.FollowUp.CAPTURE),
+                (CaptureMethod.MANUAL, transitions.FollowUp.AUTHORIZE),
+            ),
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    ("capture_method", "operation"),
+    [(CaptureMethod.MANUAL, Operation.AUTHORIZE), (CaptureMethod.AUTOMATIC, Operation.CAPTURE)],
+)
+async def test_an_approval_makes_the_follow_up_call_with_a_key_from_its_event_id(
+    tmp_path: Path, capture_method: CaptureMethod, operation: Operation
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    approval = await _approved(h, capture_method)
+    key = derive_idempotency_key(_id(h, approval), operation.value)
+    assert fake.calls[1:] == [(operation, "order:O1", None, key)]
+    entry = h.entry()
+    assert entry.provider_ref == "order:O1"
+    if operation is Operation.AUTHORIZE:
+        assert (entry.authorization_ref, entry.captures) == ("authorization:A1", ())
+    else:
+        assert fake.finals[key] is True
+        assert entry.authorization_ref is None
+        assert entry.captures == (state_codec.CaptureRef("capture:C1", 1000),)
+    # The approval is recorded like any event: one STATUS_CHANGED, nothing else.
+    assert [e.kind.value for e in h.payment_events()] == ["CREATED", "STATUS_CHANGED"]
+    assert h.opened(TopicRole.REJECTED) == []
+    # A redelivery is a duplicate, and a second approval (another event id)
+    # finds the call made: neither calls again.
+    await _paypal_step(h, approval, Outcome.DUPLICATE)
+    again = h.paypal("CHECKOUT.ORDER.APPROVED", "APPROVED", "O1")
+    await _paypal_step(h, again, Outcome.RECORDED)
+    assert len(fake.calls) == 2
+
+
+async def test_stripe_events_make_no_follow_up_call(harness: Harness) -> None:
+    h = harness
+    await _authorized(h)
+    assert [call[0] for call in h.fake.calls] == [Operation.CREATE]
+
+
+async def test_a_failed_follow_up_is_an_audit_fact_and_a_dead_letter_of_the_event(
+    tmp_path: Path,
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    fake.fail[Operation.AUTHORIZE] = ProviderError(
+        Provider.PAYPAL,
+        Operation.AUTHORIZE,
+        FailureKind.REJECTED,
+        "the order is not approved",
+        status_code=422,
+        provider_code="ORDER_NOT_APPROVED",
+    )
+    approval = await _approved(h, CaptureMethod.MANUAL)
+    assert [c[0] for c in fake.calls] == [Operation.CREATE, Operation.AUTHORIZE], "not retried"
+    (fact,) = [e.payload for e in h.opened(TopicRole.AUDIT_FACTS)]
+    assert isinstance(fact, AuditFact)
+    assert (fact.fact_type, fact.subject, fact.reason) == (
+        "payment.provider-call-failed",
+        PAYMENT,
+        "rejected",
+    )
+    assert fact.details["operation"] == "authorize"
+    assert fact.details["event_id"] == _id(h, approval)
+    assert fact.details["status_code"] == "422"
+    (letter,) = [e.payload for e in h.opened(TopicRole.REJECTED)]
+    assert isinstance(letter, DeadLetter)
+    assert letter.error_class == "provider-call-failed"
+    assert (letter.original_event_id, letter.original_offset) == (_id(h, approval), approval.offset)
+    # The approval stands; no authorization is kept.
+    assert h.payment_events()[-1].status_after is PaymentStatus.PROCESSING
+    assert h.entry().authorization_ref is None
+    # Another approval event (another id) tries again, with its own key.
+    del fake.fail[Operation.AUTHORIZE]
+    again = h.paypal("CHECKOUT.ORDER.APPROVED", "APPROVED", "O1")
+    await _paypal_step(h, again, Outcome.RECORDED)
+    assert fake.calls[-1] == (
+        Operation.AUTHORIZE,
+        "order:O1",
+        None,
+        derive_idempotency_key(_id(h, again), "authorize"),
+    )
+    assert h.entry().authorization_ref == "authorization:A1"
+
+
+async def test_an_approval_held_until_create_makes_its_follow_up_after_it(
+    tmp_path: Path,
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    approval = h.paypal("CHECKOUT.ORDER.APPROVED", "APPROVED", "O1")
+    assert await h.processor.provider_event(approval, h.table, h.emit) == HELD
+    create = h.command(CommandKind.CREATE, 1000)
+    await _paypal_step(h, create, Outcome.APPLIED)
+    assert [c[:2] for c in fake.calls] == [
+        (Operation.CREATE, None),
+        (Operation.AUTHORIZE, "order:O1"),
+    ]
+    assert fake.calls[1][3] == derive_idempotency_key(_id(h, approval), "authorize")
+    entry = h.entry()
+    assert (entry.held, entry.authorization_ref) == ((), "authorization:A1")
+
+
+async def _captured_in_two(h: Harness) -> list[Record]:
+    """MANUAL: approved, authorized, 600 captured then the rest; the two CAPTURE commands."""
+    await _approved(h, CaptureMethod.MANUAL)
+    await _paypal_step(
+        h,
+        h.paypal("PAYMENT.AUTHORIZATION.CREATED", "CREATED", "AUTH-WH", 1000, order_id="O1"),
+        Outcome.APPLIED,
+    )
+    captures = [h.command(CommandKind.CAPTURE, 600), h.command(CommandKind.CAPTURE)]
+    for n, (command, amount, final) in enumerate(
+        zip(captures, (600, 400), ("false", "true"), strict=True), start=1
+    ):
+        await _paypal_step(h, command, Outcome.RECORDED)
+        h.restart()  # the references survive in the table
+        completed = h.paypal(
+            "PAYMENT.CAPTURE.COMPLETED",
+            "COMPLETED",
+            f"CAP-WH-{n}",
+            amount,
+            order_id="O1",
+            final_capture=final,
+        )
+        await _paypal_step(h, completed, Outcome.APPLIED)
+    return captures
+
+
+async def test_captures_go_against_the_authorization_and_only_the_last_is_final(
+    tmp_path: Path,
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    first, rest = await _captured_in_two(h)
+    keys = [derive_idempotency_key(_id(h, c), "capture") for c in (first, rest)]
+    assert fake.calls[2:] == [
+        (Operation.CAPTURE, "authorization:A1", _eur(600), keys[0]),
+        (Operation.CAPTURE, "authorization:A1", _eur(400), keys[1]),
+    ]
+    assert [fake.finals[key] for key in keys] == [False, True]
+    entry = h.entry()
+    assert entry.captures == (
+        state_codec.CaptureRef("capture:C1", 600),
+        state_codec.CaptureRef("capture:C2", 400),
+    )
+    assert entry.state is not None
+    assert (entry.state.status, entry.state.captured_minor) == (PaymentStatus.SUCCEEDED, 1000)
+
+
+async def test_a_cancel_voids_the_authorization(tmp_path: Path) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    await _approved(h, CaptureMethod.MANUAL)
+    await _paypal_step(
+        h,
+        h.paypal("PAYMENT.AUTHORIZATION.CREATED", "CREATED", "AUTH-WH", 1000, order_id="O1"),
+        Outcome.APPLIED,
+    )
+    cancel = h.command(CommandKind.CANCEL)
+    await _paypal_step(h, cancel, Outcome.RECORDED)
+    assert fake.calls[-1] == (
+        Operation.CANCEL,
+        "authorization:A1",
+        None,
+        derive_idempotency_key(_id(h, cancel), "cancel"),
+    )
+    assert h.entry().authorization_ref == "authorization:A1"
+    assert h.opened(TopicRole.REJECTED) == []
+
+
+async def test_refunds_take_the_captures_in_order_each_at_most_what_is_left(
+    tmp_path: Path,
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    await _captured_in_two(h)
+    first = h.command(CommandKind.REFUND, 300)
+    await _paypal_step(h, first, Outcome.RECORDED)
+    await _paypal_step(
+        h,
+        h.paypal("PAYMENT.CAPTURE.REFUNDED", "COMPLETED", "REF-WH-1", 300, order_id="O1"),
+        Outcome.APPLIED,
+    )
+    rest = h.command(CommandKind.REFUND)  # 700: 300 of the first capture, 400 of the second
+    await _paypal_step(h, rest, Outcome.RECORDED)
+    assert fake.calls[4:] == [
+        (
+            Operation.REFUND,
+            "capture:C1",
+            _eur(300),
+            derive_idempotency_key(_id(h, first), "refund"),
+        ),
+        (Operation.REFUND, "capture:C1", _eur(300), derive_idempotency_key(_id(h, rest), "refund")),
+        (
+            Operation.REFUND,
+            "capture:C2",
+            _eur(400),
+            derive_idempotency_key(_id(h, rest), "refund-2"),
+        ),
+    ]
+    assert h.entry().captures == (
+        state_codec.CaptureRef("capture:C1", 600, 600),
+        state_codec.CaptureRef("capture:C2", 400, 400),
+    )
+    assert h.opened(TopicRole.REJECTED) == []
+
+
+async def test_a_refund_failing_part_way_keeps_what_went_through(tmp_path: Path) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    await _captured_in_two(h)
+    refund = h.command(CommandKind.REFUND, 900)
+    second = derive_idempotency_key(_id(h, refund), "refund-2")
+    fake.fail_keys[second] = ProviderError(
+        Provider.PAYPAL, Operation.REFUND, FailureKind.REJECTED, "no", status_code=422
+    )
+    await _paypal_step(h, refund, Outcome.RECORDED)
+    assert [(c[1], c[2]) for c in fake.calls[4:]] == [
+        ("capture:C1", _eur(600)),
+        ("capture:C2", _eur(300)),
+    ]
+    assert h.entry().captures == (
+        state_codec.CaptureRef("capture:C1", 600, 600),
+        state_codec.CaptureRef("capture:C2", 400, 0),
+    )
+    (fact,) = [e.payload for e in h.opened(TopicRole.AUDIT_FACTS)]
+    assert isinstance(fact, AuditFact)
+    assert fact.reason == "rejected"
+    assert "call 2 of 2 failed after 600 of 900 went through" in fact.details["detail"]
+    (letter,) = [e.payload for e in h.opened(TopicRole.REJECTED)]
+    assert isinstance(letter, DeadLetter)
+    assert letter.original_event_id == _id(h, refund)
+
+
+async def test_a_refund_the_captures_cannot_cover_is_refused_before_any_call(
+    tmp_path: Path,
+) -> None:
+    h, fake = _paypal_harness(tmp_path)
+    await _captured_in_two(h)
+    # The second capture was refunded elsewhere (PayPal's dashboard, say).
+    entry = h.entry()
+    refunded_elsewhere = dataclasses.replace(
+        entry,
+        captures=(entry.captures[0], dataclasses.replace(entry.captures[1], refunded_minor=400)),
+    )
+    await h.table.put(PAYMENT.encode(), state_codec.dumps_entry(refunded_elsewhere))
+    calls = len(fake.calls)
+    refund = h.command(CommandKind.REFUND, 700)
+    await _paypal_step(h, refund, Outcome.RECORDED)
+    assert len(fake.calls) == calls, "nothing sent"
+    (fact,) = [e.payload for e in h.opened(TopicRole.AUDIT_FACTS)]
+    assert isinstance(fact, AuditFact)
+    assert (fact.reason, fact.details["operation"]) == ("invalid-input", "refund")
+    assert "a refund of 700 with 600 left to refund" in fact.details["detail"]
+    assert h.payment_events()[-1].kind.value == "REFUND_REQUESTED"
+    assert h.entry().captures == refunded_elsewhere.captures
 
 
 # One payment at a time, across both agents --------------------------------------
