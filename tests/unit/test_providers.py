@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qs
 
+import aiohttp
 import httpx
 import pytest
 import stripe
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from ledger import limits
@@ -56,13 +60,32 @@ def _paypal(handler: Handler) -> PayPalProvider:
     )
 
 
+class _HandlerClient(stripe.HTTPClient):
+    """The SDK's HTTP client answered in process by ``handler`` (the real one is aiohttp)."""
+
+    name = "unit-test-handler"
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self._handler = handler
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        response = self._handler(httpx.Request(method, url, headers=headers, content=post_data))
+        return response.content, response.status_code, response.headers
+
+    async def close_async(self) -> None:
+        return None
+
+
 def _stripe(handler: Handler) -> StripeProvider:
     return StripeProvider(
         api_key=SecretStr("sk_test_unit"),
         base_url="http://stripe.test",
         timeout_s=5,
         connect_timeout_s=1,
-        transport=httpx.MockTransport(handler),
+        http_client=_HandlerClient(handler),
     )
 
 
@@ -249,8 +272,9 @@ async def test_stripe_server_error_and_should_retry_header() -> None:
 
 def test_stripe_connection_errors_tell_timeouts_apart() -> None:
     for cause, kind in (
-        (httpx.ReadTimeout("slow"), FailureKind.TIMEOUT),
-        (httpx.ConnectError("refused"), FailureKind.CONNECTION),
+        (TimeoutError(), FailureKind.TIMEOUT),
+        (aiohttp.ServerTimeoutError("slow"), FailureKind.TIMEOUT),
+        (aiohttp.ClientConnectionError("refused"), FailureKind.CONNECTION),
     ):
         error = stripe.APIConnectionError("no answer", should_retry=True)  # type: ignore[no-untyped-call]
         error.__cause__ = cause
@@ -644,3 +668,73 @@ def test_create_payment_refuses_what_no_provider_accepts(bad: dict[str, object])
     }
     with pytest.raises(ValueError):
         CreatePayment(**fields)  # type: ignore[arg-type]
+
+
+# The Stripe adapter's own transport (aiohttp) against a local server -------------
+
+
+async def _serve(handler: Callable[[web.Request], Any]) -> TestServer:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_stripe_transport_sends_the_form_and_the_key_and_reads_the_answer() -> None:
+    seen: list[tuple[str, str, str | None, bytes]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(
+            (
+                request.method,
+                request.headers["Content-Type"],
+                request.headers.get("Idempotency-Key"),
+                await request.read(),
+            )
+        )
+        return web.json_response(_intent(), headers={"Idempotency-Key": KEY})
+
+    server = await _serve(answer)
+    try:
+        async with StripeProvider(
+            api_key=SecretStr("sk_test_unit"),
+            base_url=str(server.make_url("")).rstrip("/"),
+            timeout_s=5,
+            connect_timeout_s=1,
+        ) as adapter:
+            result = await adapter.create(_payment(), idempotency_key=KEY)
+    finally:
+        await server.close()
+    ((method, content_type, key, body),) = seen
+    assert (method, key) == ("POST", KEY)
+    assert content_type.startswith("application/x-www-form-urlencoded")
+    assert parse_qs(body.decode())["amount"] == ["1050"]
+    assert (result.ref, result.peer_idempotency_key) == ("pi_1", KEY)
+
+
+async def test_stripe_transport_refuses_a_huge_answer_and_a_redirect() -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/capture"):
+            raise web.HTTPFound("http://elsewhere.test/v1/payment_intents")
+        return web.Response(
+            body=b" " * (limits.PROVIDER_RESPONSE_BYTES_MAX + 1), content_type="application/json"
+        )
+
+    server = await _serve(answer)
+    try:
+        async with StripeProvider(
+            api_key=SecretStr("sk_test_unit"),
+            base_url=str(server.make_url("")).rstrip("/"),
+            timeout_s=5,
+            connect_timeout_s=1,
+        ) as adapter:
+            with pytest.raises(ProviderError) as huge:
+                await adapter.create(_payment(), idempotency_key=KEY)
+            with pytest.raises(ProviderError) as moved:
+                await adapter.capture("pi_1", None, idempotency_key=KEY)
+    finally:
+        await server.close()
+    assert (huge.value.kind, huge.value.retryable) == (FailureKind.BAD_RESPONSE, False)
+    assert moved.value.status_code == 302, "a redirect is an answer, never followed"
+    assert not moved.value.retryable
