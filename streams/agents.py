@@ -24,8 +24,10 @@ read from their topic and:
    (non-retryable, or out of tries) is published as an ``AuditFact``
    ``payment.provider-call-failed`` on audit-facts and a ``DeadLetter`` of
    the command or event (error class ``provider-call-failed``) on rejected;
-   the ``*_REQUESTED`` or provider event's payment event stands, and the
-   merchant sends a new command (a replay of the same one is a duplicate);
+   the ``*_REQUESTED`` or provider event's payment event stands, followed by
+   a ``NOTED`` payment event that says which call failed and why (the
+   merchant sees it in the payment's timeline), and the merchant sends a new
+   command (a replay of the same one is a duplicate);
 4. emit the decision: its payment events on payment-events, or for a
    rejection a ``DeadLetter`` on rejected and an ``AuditFact`` on audit-facts;
    and write the new entry back to the table.
@@ -339,6 +341,9 @@ class Processor:
         if decision.outcome is Outcome.DUPLICATE:
             return decision.outcome
         assert decision.state is not None
+        # The decision's events first: a call that fails for good is reported
+        # by a payment event of its own, after them (see _run_calls).
+        await self._emit_events(decision, emit, trace)
         # The references and held events carry over; the calls below add to them.
         after = dataclasses.replace(entry, state=decision.state)
         if isinstance(envelope.payload, PaymentCommand):
@@ -347,7 +352,6 @@ class Processor:
             )
         else:
             after = await self._follow_up(record, envelope, decision, after, emit, trace)
-        await self._emit_events(decision, emit, trace)
         if entry.state is None and entry.held:
             after = await self._release(after, emit, trace)
         # A new value, never the stored one changed in place.
@@ -416,9 +420,9 @@ class Processor:
                 continue
             if decision.outcome is Outcome.DUPLICATE:
                 continue
+            await self._emit_events(decision, emit, trace)
             entry = dataclasses.replace(entry, state=decision.state)
             entry = await self._follow_up(record, envelope, decision, entry, emit, trace)
-            await self._emit_events(decision, emit, trace)
         return dataclasses.replace(entry, held=())
 
     # Provider calls ---------------------------------------------------------
@@ -548,6 +552,16 @@ class Processor:
             if done:
                 error = _after_parts(error, calls, done)
             await self._provider_failed(record, cause, state, error, emit, trace)
+            # And in the payment's own timeline, where the merchant reads it.
+            assert entry.state is not None
+            failed = machine.provider_call_failed(
+                entry.state,
+                cause,
+                f"{error.operation.value} at {state.provider.value.lower()}: "
+                f"{error.kind.value}: {error.detail}",
+            )
+            await self._emit_events(failed, emit, trace)
+            entry = dataclasses.replace(entry, state=failed.state)
         return entry
 
     async def _provider_failed(  # noqa: PLR0917 - one call site, all arguments named by role

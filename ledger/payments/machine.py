@@ -96,6 +96,10 @@ REJECTED_FACT_TYPE: Final = "payment.rejected"
 DEAD_LETTER_ERROR_CLASS: Final = "payment-rejected"
 
 
+# The note of the payment event that reports a provider call failed for good.
+PROVIDER_CALL_FAILED_NOTE: Final = "provider call failed"
+
+
 class Outcome(StrEnum):
     APPLIED = "applied"  # status, money or totals changed; one event emitted
     RECORDED = "recorded"  # accepted, nothing to change; one event emitted
@@ -303,6 +307,27 @@ def apply_command(state: PaymentState | None, command: Envelope) -> Decision:
         kind,
         amount=state.money(amount) if amount else None,
         note=payload.reason,
+        command_event_id=command.event_id,
+    )
+    return Decision(Outcome.RECORDED, after, (event,))
+
+
+def provider_call_failed(state: PaymentState, command: Envelope, detail: str) -> Decision:
+    """The payment event that tells the merchant a command's provider call failed for good.
+
+    The command's own event (CREATED, CAPTURE_REQUESTED, ...) stands; this
+    ``NOTED`` event follows it with the next sequence number. It moves no
+    money and changes no status: after a timeout the provider may yet have
+    acted, and only its webhooks move the payment. The note starts with
+    ``PROVIDER_CALL_FAILED_NOTE`` and says which call failed and why.
+    """
+    after = dataclasses.replace(state, sequence=state.sequence + 1)
+    event = _event(
+        state,
+        after,
+        command,
+        K.NOTED,
+        note=f"{PROVIDER_CALL_FAILED_NOTE}: {detail}",
         command_event_id=command.event_id,
     )
     return Decision(Outcome.RECORDED, after, (event,))

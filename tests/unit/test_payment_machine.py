@@ -1298,3 +1298,32 @@ def test_random_sequences_keep_every_invariant(provider: Provider) -> None:
     # The walk reached every kind of outcome and a good part of the status model.
     assert set(outcomes) == set(Outcome), outcomes
     assert len(statuses) >= 6, statuses
+
+
+def test_a_failed_provider_call_is_a_payment_event_that_moves_nothing() -> None:
+    payment = Payment(Provider.STRIPE, capture=CaptureMethod.MANUAL)
+    payment.event("payment_intent.amount_capturable_updated", fields={"amount_capturable": "1000"})
+    capture = payment.command_envelope(CommandKind.CAPTURE, Money(600, "EUR"))
+    requested = payment.send(capture)
+    before = payment.s
+    decision = machine.provider_call_failed(before, capture, "capture at stripe: timeout")
+    check_decision(before, decision)
+    (event,) = decision.events
+    assert decision.outcome is Outcome.RECORDED
+    assert event.sequence == requested.events[0].sequence + 1 == before.sequence + 1
+    assert event.payload.kind is PaymentEventKind.NOTED
+    assert event.payload.postings == ()
+    assert (event.payload.status_before, event.payload.status_after) == (
+        PaymentStatus.AUTHORIZED,
+        PaymentStatus.AUTHORIZED,
+    )
+    assert event.payload.note == "provider call failed: capture at stripe: timeout"
+    assert event.payload.command_event_id == capture.event_id
+    assert event.causation_id == capture.event_id
+    assert event.event_id not in {e.event_id for e in payment.emitted}
+    # The payment goes on from there: the provider's webhook still applies.
+    payment.state = decision.state
+    payment.emitted.extend(decision.events)
+    applied = payment.event("payment_intent.succeeded", fields={"amount_received": "600"})
+    assert applied.events[0].sequence == event.sequence + 1
+    assert payment.s.captured_minor == 600

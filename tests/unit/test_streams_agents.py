@@ -541,7 +541,16 @@ async def test_a_failed_call_is_an_audit_fact_and_a_dead_letter(harness: Harness
     assert letter.error_class == "provider-call-failed"
     assert letter.original_event_id == _id(h, capture)
     assert letter.original_offset == capture.offset
-    assert h.payment_events()[-1].kind.value == "CAPTURE_REQUESTED"
+    requested, failed = h.payment_events()[-2:]
+    assert requested.kind.value == "CAPTURE_REQUESTED"
+    # The merchant reads the failure in the payment's own timeline, in order.
+    assert failed.kind.value == "NOTED"
+    assert failed.note == "provider call failed: capture at stripe: rejected: no"
+    assert failed.command_event_id == _id(h, capture)
+    assert (failed.status_after, failed.postings) == (requested.status_after, ())
+    sequences = [e.sequence for e in h.opened(TopicRole.PAYMENT_EVENTS)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert h.entry().state.sequence == sequences[-1]  # type: ignore[union-attr]
     assert h.entry().provider_ref == "pi_fake", "the ref is kept for the next command"
 
 
@@ -942,7 +951,8 @@ async def test_a_refund_the_captures_cannot_cover_is_refused_before_any_call(
     assert isinstance(fact, AuditFact)
     assert (fact.reason, fact.details["operation"]) == ("invalid-input", "refund")
     assert "a refund of 700 with 600 left to refund" in fact.details["detail"]
-    assert h.payment_events()[-1].kind.value == "REFUND_REQUESTED"
+    assert [e.kind.value for e in h.payment_events()[-2:]] == ["REFUND_REQUESTED", "NOTED"]
+    assert "a refund of 700 with 600 left" in (h.payment_events()[-1].note or "")
     assert h.entry().captures == refunded_elsewhere.captures
 
 
