@@ -23,6 +23,7 @@ def _register_groups() -> None:
     from ingress.merchants import merchants
     from ledger.commands import keys, run
     from ledger.infra.commands import infra
+    from projections.commands import projections_group
     from streams.commands import topics
 
     main.add_command(run)
@@ -31,6 +32,7 @@ def _register_groups() -> None:
     main.add_command(topics)
     main.add_command(merchants)
     main.add_command(gdpr)
+    main.add_command(projections_group)
 
 
 _register_groups()
