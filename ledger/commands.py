@@ -99,16 +99,19 @@ def _provision(settings: Settings) -> None:
 def run() -> None:
     """Start the embedded stack in the foreground; Ctrl-C stops everything.
 
-    Kafka, Postgres and the SoftHSM2 token come up first; then the topics are
-    provisioned, the signing keys made (once) and the active key's
-    endorsement published; then the HTTP ingress starts.
+    Kafka, Postgres, the SoftHSM2 token and the offline provider peers
+    (stripe-mock, the PayPal mock, the Coinbase fake: the embedded default has
+    no internet) come up first; then the topics are provisioned, the signing
+    keys made (once) and the active key's endorsement published, the
+    projections schema migrated; then the HTTP ingress, the stream worker and
+    the projections applier start.
     """
     from ledger.infra.supervisor import Supervisor
 
     settings = _settings()
     try:
         with Supervisor(settings) as supervisor:
-            supervisor.start_infra()
+            supervisor.start_infra(with_mocks=True)
             supervisor.log("run", "provisioning topics")
             _provision(settings)
             key_id = asyncio.run(_publish_active_endorsement(settings))
@@ -137,6 +140,11 @@ def run() -> None:
                 env=supervisor.child_env(_dev_webhook_secrets(settings)),
                 ready=lambda: _tcp_answers(settings.http_host, settings.http_port),
             )
+            supervisor.run_once(
+                "migrate", [sys.executable, "-m", "ledger.cli", "projections", "migrate"]
+            )
+            supervisor.add_process("streams", [sys.executable, "-m", "streams.worker"])
+            supervisor.add_process("projections", [sys.executable, "-m", "projections.worker"])
             supervisor.log(
                 "run",
                 f"ready: API at http://{settings.http_host}:{settings.http_port} "

@@ -198,11 +198,15 @@ class Supervisor:
 
     # -- the stack
 
-    def start_infra(self) -> list[PartStatus]:
+    def start_infra(self, *, with_mocks: bool = False) -> list[PartStatus]:
         """Start Kafka and Postgres as children, create the SoftHSM2 token, and
-        wait until everything answers. Parts already running (as daemons) are
-        used as they are. Returns the status of every part."""
-        parts = server_parts(self.settings)
+        wait until everything answers; ``with_mocks`` also the offline provider
+        peers (stripe-mock, the PayPal mock, the Coinbase fake). Parts already
+        running (as daemons) are used as they are. Returns the status of every
+        part."""
+        from ledger.infra.mocks import mock_parts  # noqa: PLC0415 - mocks imports this module
+
+        parts = server_parts(self.settings) + (mock_parts(self.settings) if with_mocks else [])
         with self.layout.lock(lambda message: self.log(_SELF, message)):
             running = {part.name: part.running_pid() for part in parts}
             for part in parts:

@@ -1,8 +1,10 @@
 """``payledger run`` (what ``make run`` starts) through its HTTP API, then Ctrl-C.
 
 Runs the real command in a subprocess with its own state directory and ports:
-Kafka, Postgres, the SoftHSM2 token, topics, keys and the ingress come up; the
-registry serves the envelope schema; SIGINT stops everything and frees every port.
+Kafka, Postgres, the SoftHSM2 token, the provider peers, topics, keys, the
+ingress, the stream worker and the projections applier come up; the registry
+serves the envelope schema; a payment posted to the API reaches stripe-mock and
+the Postgres projection; SIGINT stops everything and frees every port.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from ledger.config import Settings
@@ -27,11 +30,20 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
+PROJECTED_TIMEOUT_S = 60.0
+# Below the kernel's ephemeral range (32768-60999), where a client's own end
+# of some connection could hold the port by chance.
 PORTS = {
-    "KAFKA_PORT": 39092,
-    "KAFKA_CONTROLLER_PORT": 39093,
-    "POSTGRES_PORT": 35432,
-    "HTTP_PORT": 38080,
+    "KAFKA_PORT": 31092,
+    "KAFKA_CONTROLLER_PORT": 31093,
+    "POSTGRES_PORT": 31432,
+    "HTTP_PORT": 31080,
+    "STRIPE_MOCK_PORT": 31111,
+    "STRIPE_MOCK_HTTPS_PORT": 31112,
+    "PAYPAL_MOCK_PORT": 31010,
+    "PAYPAL_MOCK_ORDERS_PORT": 31011,
+    "PAYPAL_MOCK_PAYMENTS_PORT": 31012,
+    "COINBASE_MOCK_PORT": 31020,
 }
 
 
@@ -96,7 +108,25 @@ def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
         timeout=30,
     )
     assert created.status_code == 202, created.text
-    assert created.json()["payment_id"].startswith("pay_")
+    payment_id = created.json()["payment_id"]
+    assert payment_id.startswith("pay_")
+    # All the way through: the stream worker created it at stripe-mock and
+    # emitted CREATED; the projections applier wrote it to Postgres.
+    settings = Settings(state_dir=ROOT / ".state" / "e2e", postgres_port=PORTS["POSTGRES_PORT"])
+    deadline = time.monotonic() + PROJECTED_TIMEOUT_S
+    row = None
+    while row is None:
+        with psycopg.connect(settings.dsn(), connect_timeout=5) as connection:
+            row = connection.execute(
+                "SELECT status, last_sequence, amount_minor, currency"
+                " FROM projections.payments WHERE payment_id = %s",
+                (payment_id,),
+            ).fetchone()
+        if row is None:
+            assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.5)
+    assert row == ("AWAITING_PAYMENT_METHOD", 1, 1050, "EUR"), row
+    assert "create of " + payment_id in log_path.read_text(), "the worker called stripe-mock"
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert process.wait(timeout=STOP_TIMEOUT_S) == 0
