@@ -120,11 +120,14 @@ def test_credentials_reach_the_fakes_by_environment_only(settings: Settings) -> 
 
 
 def test_ports_and_urls_are_checked(tmp_path: Path) -> None:
+    # Explicit ports: a PAYLEDGER_*_MOCK_PORT in the environment must not matter here.
     with pytest.raises(ValidationError, match="must all differ"):
-        Settings(state_dir=tmp_path, stripe_mock_port=14010)
+        Settings(state_dir=tmp_path, paypal_mock_port=14010, stripe_mock_port=14010)
     with pytest.raises(ValidationError, match="base URL"):
         Settings(state_dir=tmp_path, paypal_api_base_url="api-m.paypal.com")
-    settings = Settings(state_dir=tmp_path, stripe_api_base_url="https://api.stripe.com/")
+    settings = Settings(
+        state_dir=tmp_path, paypal_mock_port=14010, stripe_api_base_url="https://api.stripe.com/"
+    )
     assert settings.stripe_base_url() == "https://api.stripe.com"
     assert settings.paypal_base_url() == "http://127.0.0.1:14010"
     assert settings.paypal_specs_path().name == "paypal"
