@@ -7,11 +7,15 @@ end what it started.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from ledger.config import Settings
 from ledger.infra.part import State
@@ -20,12 +24,73 @@ from ledger.infra.stack import Stack
 
 @pytest.fixture(scope="session", autouse=True)
 def stack() -> Iterator[Stack]:
-    stack = Stack(Settings())
+    settings = Settings()
+    stack = Stack(settings)
     was_running = all(status.state is State.RUNNING for status in stack.status()[:-1])
     stack.up()
-    yield stack
+    with _session_lock(settings) as alone:
+        if alone:
+            _purge_test_topics(settings)
+        yield stack
     if not was_running:
         stack.down()
+    elif _alone(settings):
+        _purge_test_topics(settings)
+
+
+# ---- topics left by tests --------------------------------------------------
+#
+# Every test makes its own topics under a random prefix. Left in place they
+# add up across sessions, and a broker with tens of thousands of partitions
+# runs out of file descriptors. Whatever is not under the stack's own prefix
+# is deleted at the start and end of a session, but only by a session that
+# runs alone: each session holds a shared lock on a file of the state dir, and
+# purges only when it can take that lock exclusively.
+
+
+@contextmanager
+def _session_lock(settings: Settings) -> Iterator[bool]:
+    path = settings.state_dir / "test-session.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(handle, fcntl.LOCK_SH)  # downgrade: others may start now
+        try:
+            yield alone
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alone(settings: Settings) -> bool:
+    with (settings.state_dir / "test-session.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def _purge_test_topics(settings: Settings) -> None:
+    async def purge() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers())
+        await admin.start()
+        try:
+            topics = [
+                name
+                for name in await admin.list_topics()
+                if not name.startswith((settings.topic_prefix, "__"))
+            ]
+            for start in range(0, len(topics), 500):
+                await admin.delete_topics(topics[start : start + 500])
+        finally:
+            await admin.close()
+
+    asyncio.run(purge())
 
 
 # ---- provider mocks ---------------------------------------------------------
