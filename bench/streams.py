@@ -538,7 +538,24 @@ async def run(settings: Any, args: argparse.Namespace, run_id: str, logs: Path) 
                 say(f"while stopping: {error}")
         registry.close()
         store.close()
+        if not args.keep_logs:
+            await delete_topics(settings)
     return results
+
+
+async def delete_topics(settings: Any) -> None:
+    """Every topic of this run (its prefix), the worker's changelog included."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers())
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+            say(f"deleted this run's {len(ours)} topics")
+    finally:
+        await admin.close()
 
 
 # --- report ---------------------------------------------------------------------------------------
