@@ -29,6 +29,7 @@ from ingress.customer_keys import CustomerKeys
 from ingress.observability import Metrics, ObservabilityMiddleware, configure_json_logging
 from ingress.payments import router as payments_router
 from ingress.problems import Problem, problem_handler
+from ingress.queries import router as queries_router
 from ingress.ratelimit import RateLimiter
 from ingress.registry_api import error_response as registry_error_response
 from ingress.registry_api import registry_routes
@@ -164,6 +165,7 @@ def create_app(
     app.add_api_route("/readyz", readyz, methods=["GET"], tags=["operations"])
     app.add_api_route("/metrics", prometheus, methods=["GET"], tags=["operations"])
     app.include_router(payments_router)
+    app.include_router(queries_router)
     _include_webhooks(app, settings, clock)
     for route in registry_routes(registry):
         app.router.routes.append(route)

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     postgres_user: str = "payledger"
     postgres_password: SecretStr = SecretStr("payledger-dev")
     postgres_dsn: SecretStr | None = None
+    # The schema of the read models (`payledger projections migrate`) that the
+    # ingress's query API reads: a lower-case identifier, never public or pg_*.
+    projections_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "projections"
 
     # HTTP ingress (also serves the built-in schema registry's read API).
     http_host: str = "127.0.0.1"
@@ -179,6 +182,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("projections_schema")
+    @classmethod
+    def _not_a_system_schema(cls, value: str) -> str:
+        if value.startswith("pg_") or value in ("public", "information_schema"):
+            raise ValueError("must not be public, information_schema or start with pg_")
+        return value
 
     @field_validator("paypal_specs_dir")
     @classmethod

@@ -61,9 +61,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import schemathesis
 from hypothesis import settings
+from psycopg import sql
 from schemathesis.checks import not_a_server_error
 from schemathesis.core import NotSet
 from schemathesis.core.failures import FailureGroup, as_reported_failure
@@ -74,6 +76,7 @@ from ingress.app import create_app
 from ingress.merchants import add_api_key, create_merchant
 from ledger import limits
 from ledger.config import Settings
+from projections.migrations import migrate as migrate_projections
 from streams.provision import provision_topics
 from tests.support.servers import serve_in_thread
 
@@ -91,7 +94,7 @@ PAYPAL_WEBHOOK_ID = "FUZZ0WEBHOOK0ID"
 # Hypothesis budgets for the fuzzing phase, per operation. The coverage and
 # examples phases add their own deterministic cases on top (see the summary).
 AUTHENTICATED_MAX_EXAMPLES = 250
-ANONYMOUS_MAX_EXAMPLES = 40
+ANONYMOUS_MAX_EXAMPLES = 50
 UNDOCUMENTED_MAX_EXAMPLES = 250
 # Every operation with inputs must have been exercised at least this often in
 # a run; one without (GET /healthz) has a handful of distinct requests at most.
@@ -152,6 +155,8 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(
         topic_prefix=f"z{uuid.uuid4().hex[:10]}.",
         state_dir=tmp_path,
+        # The query routes read a projections schema of this module's own.
+        projections_schema=f"fuzz_{uuid.uuid4().hex[:10]}",
         # The fuzzing merchant must not be throttled into a wall of 429s.
         rate_limit_per_s=limits.RATE_LIMIT_PER_S_CEILING,
         rate_limit_burst=limits.RATE_LIMIT_BURST_CEILING,
@@ -170,6 +175,8 @@ def live(
 ) -> Iterator[Live]:
     settings = _settings(tmp_path_factory.mktemp("fuzz"))
     assert asyncio.run(provision_topics(settings)).ok
+    asyncio.run(migrate_projections(settings.dsn(), settings.projections_schema))
+    request.addfinalizer(lambda: _drop_schema(settings))
     merchant_id = f"m_fuzz_{uuid.uuid4().hex[:12]}"
     asyncio.run(
         create_merchant(
@@ -210,6 +217,15 @@ def live(
             for logger in loggers:
                 logger.removeHandler(log)
     _report(request, state)
+
+
+def _drop_schema(settings: Settings) -> None:
+    with psycopg.connect(settings.dsn(), autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(settings.projections_schema)
+            )
+        )
 
 
 def _report(request: pytest.FixtureRequest, state: Live) -> None:
