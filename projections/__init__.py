@@ -22,5 +22,6 @@ Modules, from the pure core to the I/O edge::
     store       reads and writes of one batch              (Postgres)
     reader      the payment-events consumer, verification  (Kafka)
     applier     the loop: one transaction per batch, retries, stop
-    commands    ``payledger projections migrate|apply``; ``worker``: ``python -m``
+    rebuild     replay from offset 0 into a scratch schema, diff it with the live one
+    commands    ``payledger projections migrate|apply|rebuild``; ``worker``: ``python -m``
 """

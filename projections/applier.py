@@ -104,24 +104,8 @@ class Applier:
         keystore = KeyStore(self._settings)
         codec = EnvelopeCodec(open_registry(self._settings))
         verifier = Verifier(codec, KeyRing([keystore.trusted_root()]))
-        producer = AIOKafkaProducer(
-            **producer_options(self._settings, client_id="payledger-projections")
-        )
-        publisher = Publisher(
-            self._settings,
-            codec,
-            ActiveSigner(keystore, self._clock),
-            producer,
-            source=facts.SOURCE,
-        )
-        reader = Reader(
-            self._settings,
-            verifier,
-            KeysFollower(self._settings, verifier),
-            topic=topic_name(self._settings, TopicRole.PAYMENT_EVENTS),
-            batch_records=self._batch_records,
-            pause=self._pause,
-        )
+        publisher = self._publisher(keystore, codec)
+        reader = self._reader(verifier)
         try:
             await publisher.start()
             await reader.start()
@@ -139,6 +123,30 @@ class Applier:
             await publisher.stop()
             keystore.close()
         log.info("applier stopped: %s", self.totals)
+
+    def _publisher(self, keystore: KeyStore, codec: EnvelopeCodec) -> Publisher:
+        """Where audit facts and dead letters go (a rebuild replaces it: see ``rebuild``)."""
+        producer = AIOKafkaProducer(
+            **producer_options(self._settings, client_id="payledger-projections")
+        )
+        return Publisher(
+            self._settings,
+            codec,
+            ActiveSigner(keystore, self._clock),
+            producer,
+            source=facts.SOURCE,
+        )
+
+    def _reader(self, verifier: Verifier) -> Reader:
+        """The payment-events consumer (a rebuild replaces it with one that stops at an end)."""
+        return Reader(
+            self._settings,
+            verifier,
+            KeysFollower(self._settings, verifier),
+            topic=topic_name(self._settings, TopicRole.PAYMENT_EVENTS),
+            batch_records=self._batch_records,
+            pause=self._pause,
+        )
 
     async def _loop(
         self, reader: Reader, publisher: Publisher, connection: store.Connection
