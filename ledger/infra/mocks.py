@@ -66,6 +66,13 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -260,10 +267,13 @@ class MockPart(ServerPart):
         if pid is not None and pid_alive(pid) and signature in cmdline(pid):
             return pid
         # The PID file can be lost while the mock runs on: find it by its
-        # command line rather than trip over its port.
+        # command line rather than trip over its port -- but only a mock that
+        # runs in this state dir (its working directory). The same ports in
+        # another state dir are someone else's mock, never ours to stop.
         found = find_pid(signature)
-        if found is not None:
-            write_pid(self.pid_path, found)
+        if found is None or _cwd(found) != self.settings.state_dir:
+            return None
+        write_pid(self.pid_path, found)
         return found
 
     def command_cwd(self) -> Path:
