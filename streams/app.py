@@ -4,13 +4,16 @@
 record at a time each) hand every record to ``streams.agents.Processor``.
 Records the processor emits go through the app's own producer, on the
 transaction of the source partition, so they commit atomically with the
-consumed offset and the table's changelog. Event keys endorsed after the
+consumed offset and the table's changelog; Faust's commits are held back
+while a record is half sent (``CommitGate``). Event keys endorsed after the
 worker started are learnt from the keys topic (``streams.keys``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import faust
@@ -29,6 +32,61 @@ TABLE_NAME = "payments"
 
 # Processor.command or Processor.provider_event.
 Handle = Callable[[Record, Table, Emit], Awaitable[Result]]
+
+
+class CommitGate:
+    """Transaction commits only between records, never in the middle of one.
+
+    Faust commits its transactions on a timer (and every N messages), from
+    tasks of its own, whenever the agents yield: between two sends of one
+    record, or while a record waits on a provider. Such a commit carries the
+    sends made so far but not the record's offset (acked only at its end),
+    so a crash right after it replays the record and publishes its first
+    outputs twice. Records enter the gate (any number at once, from both
+    agents); a commit closes it to new records, waits until those inside
+    have sent everything and been acked, commits, and opens it again.
+    """
+
+    def __init__(self) -> None:
+        self._inside = 0
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @contextlib.asynccontextmanager
+    async def record(self) -> AsyncIterator[None]:
+        await self._open.wait()
+        self._inside += 1
+        self._empty.clear()
+        try:
+            yield
+        finally:
+            self._inside -= 1
+            if self._inside == 0:
+                self._empty.set()
+
+    @contextlib.asynccontextmanager
+    async def commit(self) -> AsyncIterator[None]:
+        self._open.clear()
+        try:
+            await self._empty.wait()
+            yield
+        finally:
+            self._open.set()
+
+    def guard(self, transactions: Any) -> None:
+        """Route ``transactions.commit`` (Faust's TransactionManager) through the gate, once."""
+        if getattr(transactions, "_payledger_gated", False):
+            return
+        commit = transactions.commit
+
+        async def commit_between_records(*args: Any, **kwargs: Any) -> Any:
+            async with self.commit():
+                return await commit(*args, **kwargs)
+
+        transactions.commit = commit_between_records
+        transactions._payledger_gated = True
 
 
 class _SourceTable:
@@ -133,7 +191,10 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
             ),
         )
 
-    async def process(handle: Handle, event: faust.EventT[Any]) -> None:
+    gate = CommitGate()
+    app.payledger_commit_gate = gate  # type: ignore[attr-defined]
+
+    async def process(handle: Handle, stream: faust.StreamT[Any], event: faust.EventT[Any]) -> None:
         """One record: decide, emit and change the table, all before it is acked.
 
         Faust's own ``table[key] = value`` queues the changelog record in a
@@ -151,17 +212,23 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
         async def send_changelog(key: bytes, value: bytes) -> object:
             return await send(message, changelog, key, value, None, partition=message.partition)
 
-        await handle(record(event), _SourceTable(table.data, send_changelog), emitter(message))
+        if app.in_transaction:
+            gate.guard(app.consumer.transactions)
+        async with gate.record():
+            await handle(record(event), _SourceTable(table.data, send_changelog), emitter(message))
+            # Acked inside the gate: the commit that follows carries the offset
+            # together with everything the record sent.
+            await stream.ack(event)
 
     @app.agent(source(TopicRole.COMMANDS), name="commands", concurrency=1)
     async def commands(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await process(processor.command, event)
+            await process(processor.command, stream, event)
 
     @app.agent(source(TopicRole.PROVIDER_EVENTS), name="provider-events", concurrency=1)
     async def provider_events(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            await process(processor.provider_event, event)
+            await process(processor.provider_event, stream, event)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_providers(app: faust.App, **_: Any) -> None:
