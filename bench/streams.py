@@ -23,7 +23,8 @@ Throughput is taken from the records' own timestamps (set by the producer when
 the agent sends, i.e. processing time), over the records of one backlog:
 (count - 1) / (last - first). Latency is taken from when the read_committed
 consumer in this process receives the record, so it includes the transaction
-commit interval (Faust's ``broker_commit_every`` / ``commit_interval``).
+commit interval (``streams_commit_interval_s``, Faust's ``broker_commit_interval``),
+the same for both apps.
 
 The stack (Kafka) and stripe-mock are started when not running and stopped
 again at the end if this run started them. Every run uses its own topic prefix.
@@ -97,6 +98,7 @@ def floor_app() -> Any:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.streams_commit_interval_s,
         web_enabled=False,
     )
     out = f"{settings.topic_prefix}{FLOOR_OUT}"
