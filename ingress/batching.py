@@ -13,7 +13,9 @@ pool connection in pipeline mode, in one transaction:
    for the keys this batch owns, the customer data is sealed and the command
    built (a 410 for an erased customer fails that request only); then one
    INSERT of every ``ingress_payments`` row (a payment id that exists already,
-   a key reused after its record expired, is a 409 for that request only);
+   a key reused after its record expired, is a 409 for that request only),
+   and one INSERT of the sealed customer data of those that carry it
+   (``ingress_payment_customers``: the same bytes the command carries);
 3. every command is handed to the producer (one that cannot even be signed
    or encoded fails its request only), then the batch waits for all the
    broker's acks within ``publish_timeout_s``; if any ack fails or the time is
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ingress.idempotency import StoredResponse, key_reused, stored_outcome
 from ingress.problems import Problem
 from ingress.services import is_unavailable, unavailable
-from ledger.envelope import Envelope
+from ledger.envelope import Envelope, PaymentCommand
 from ledger.topics import TopicRole
 
 if TYPE_CHECKING:
@@ -98,6 +100,13 @@ _INSERT_PAYMENTS = (
     " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[])"
     " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
 )
+_INSERT_CUSTOMERS = (
+    "INSERT INTO ingress_payment_customers"
+    " (payment_id, customer_ref, data_key_id, algorithm, nonce, ciphertext)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::bytea[], %s::bytea[])"
+)
+# Deleting a payment row deletes its customer row too (ON DELETE CASCADE).
 _DELETE_PAYMENTS = "DELETE FROM ingress_payments WHERE payment_id = ANY(%s::text[])"
 _RELEASE_KEYS = (
     "DELETE FROM idempotency_keys i USING unnest(%s::text[], %s::text[]) AS c(m, k)"
@@ -400,6 +409,7 @@ class CreateBatcher:
         inserted = {payment_id for (payment_id,) in await cursor.fetchall()}
         kept = [(intent, envelope) for intent, envelope in ready if intent.payment_id in inserted]
         conflicting = [intent for intent in intents if intent.payment_id not in inserted]
+        await _insert_customers(connection, kept)
         for intent in conflicting:
             # Only an Idempotency-Key reused after its record expired gets here.
             intent.fail(
@@ -467,6 +477,30 @@ class CreateBatcher:
             )
         if inserted:
             await connection.execute(_DELETE_PAYMENTS, ([i.payment_id for i in inserted],))
+
+
+async def _insert_customers(
+    connection: AsyncConnection[Any], inserted: list[tuple[CreateIntent, Envelope]]
+) -> None:
+    """Store the sealed customer data of the inserted payments that carry it, as sealed."""
+    rows = [
+        (intent.payment_id, envelope.payload.customer)
+        for intent, envelope in inserted
+        if isinstance(envelope.payload, PaymentCommand) and envelope.payload.customer is not None
+    ]
+    if not rows:
+        return
+    await connection.execute(
+        _INSERT_CUSTOMERS,
+        (
+            [payment_id for payment_id, _ in rows],
+            [sealed.customer_ref for _, sealed in rows],
+            [sealed.data_key_id for _, sealed in rows],
+            [sealed.algorithm for _, sealed in rows],
+            [sealed.nonce for _, sealed in rows],
+            [sealed.ciphertext for _, sealed in rows],
+        ),
+    )
 
 
 def _settled(ack: asyncio.Future[Any]) -> None:

@@ -44,10 +44,17 @@ whereas a webhook delivered late would rewrite past balances by occurred_at.
 The sum reads every event of the merchant up to ``as_of`` (the index on
 ``payment_events (merchant_id, recorded_at)``); the statement timeout bounds it.
 
-*Personal data.* The read models hold none: ``PaymentEvent`` does not carry
-the sealed customer document (only the merchant's create command on the
-commands topic does), so no response has a customer field. Showing it needs
-a projection change, described in ``CUSTOMER_PROJECTION_NOTE``.
+*Personal data.* The read models hold none. The ingress keeps, per payment
+created with a customer, the sealed customer document its create command
+carried (``ingress_payment_customers``, written with the payment's row).
+``GET /v1/payments/{id}`` opens it with the customer's data key while the key
+exists and answers ``{"erased": true, "reference": <customer ref>}`` once it
+was destroyed; ``customer`` is null for a payment without one. Whether the key
+was destroyed is read from ``customer_data_keys`` in the same transaction as
+the payment, so an erasure shows at once, whatever this process has cached;
+only an erasure that commits between that read and the opening can still be
+answered from the cache (``CUSTOMER_KEY_CACHE_TTL_S``). The list never
+carries personal data: a bulk read is not where it belongs.
 """
 
 from __future__ import annotations
@@ -69,10 +76,11 @@ from psycopg.rows import dict_row
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, computed_field
 
 from ingress.auth import Merchant
-from ingress.models import StrictModel
+from ingress.customer_keys import UnknownCustomer
+from ingress.models import Address, StrictModel
 from ingress.problems import Problem
 from ingress.services import Services, services
-from ledger.envelope import PostingSide, Provider
+from ledger.envelope import PostingSide, Provider, SealedData
 from ledger.payments.postings import CHART, AccountType
 from ledger.payments.status import PaymentStatus
 
@@ -95,16 +103,6 @@ UNAVAILABLE_RETRY_AFTER_S: Final = 5
 # the ingress's own are pay_ and 32 hex digits. Anything else is not looked up.
 _PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
-
-CUSTOMER_PROJECTION_NOTE: Final = (
-    "The customer's personal data is sealed (ledger.sealing) in the create command only; "
-    "payment events do not carry it, so the read models cannot show it. To show it, the "
-    "CREATED payment event (or a projection of the commands topic) would have to carry the "
-    "SealedData, and the payments table would need customer_ref, data_key_id, algorithm, "
-    "nonce and ciphertext columns. The ingress would open the ciphertext at read time with "
-    "CustomerKeys.open while the customer's data key exists, and answer "
-    '{"erased": true} once it was destroyed (CustomerKeys.open returns None).'
-)
 
 # --- names the API uses --------------------------------------------------------------------
 # The ledger's enums are upper case; the API speaks lower case, as the create
@@ -173,8 +171,8 @@ class PaymentReadLinks(StrictModel):
 class Payment(StrictModel):
     """A payment as projected from the ledger: its status and totals after its newest event.
 
-    Amounts are in the payment's currency and minor units. There is no customer
-    field: the read models hold no personal data.
+    Amounts are in the payment's currency and minor units. No personal data:
+    the customer is shown by ``GET /v1/payments/{payment_id}`` only.
     """
 
     payment_id: str
@@ -206,6 +204,41 @@ class Payment(StrictModel):
     def links(self) -> PaymentReadLinks:
         base = f"/v1/payments/{self.payment_id}"
         return PaymentReadLinks(payment=base, events=f"{base}/events")
+
+
+class CustomerShown(StrictModel):
+    """The payment's customer, opened with the customer's data key."""
+
+    erased: Literal[False] = False
+    reference: str = Field(
+        description=(
+            "payledger's customer ref (cus_...), derived from the merchant's own reference, "
+            "which is not stored; `payledger gdpr forget` takes it."
+        )
+    )
+    email: str | None = None
+    name: str | None = None
+    address: Address | None = None
+
+
+class CustomerErasedMarker(StrictModel):
+    """The customer's personal data was erased: their data key is destroyed."""
+
+    erased: Literal[True] = True
+    reference: str = Field(description="payledger's customer ref (cus_...).")
+
+
+class PaymentDetail(Payment):
+    """A payment as projected from the ledger, with its customer."""
+
+    customer: CustomerShown | CustomerErasedMarker | None = Field(
+        default=None,
+        description=(
+            "The customer's details while their data key exists; "
+            '`{"erased": true, "reference": ...}` once it was destroyed (GDPR erasure); '
+            "null for a payment created without a customer."
+        ),
+    )
 
 
 class PaymentPage(StrictModel):
@@ -679,7 +712,7 @@ def _built(
 
 
 async def _fetch(
-    connection: psycopg.AsyncConnection[Any], query: sql.Composed, params: Mapping[str, Any]
+    connection: psycopg.AsyncConnection[Any], query: sql.Composable, params: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     cursor = connection.cursor(row_factory=dict_row)
     await cursor.execute(query, params)
@@ -726,6 +759,8 @@ async def list_payments(
     Pass `next_cursor` as `cursor` with the same filters for the next page;
     it is null on the last page. `created_gte` is inclusive, `created_lt`
     exclusive. A payment appears once its first event is projected.
+    Listed payments carry no personal data (no `customer` field): read one
+    payment for its customer.
     """
     if (
         query.created_gte is not None
@@ -788,15 +823,22 @@ async def list_payments(
 
 @router.get(
     "/payments/{payment_id}",
-    response_model=Payment,
+    response_model=PaymentDetail,
     responses=_NOT_FOUND,
     tags=["payments"],
     summary="Get a payment",
 )
 async def get_payment(
     payment_id: PaymentIdPath, merchant: Reader, svc: ServicesDependency
-) -> Payment:
-    """The payment's status and totals after its newest projected event.
+) -> PaymentDetail:
+    """The payment's status and totals after its newest projected event, and its customer.
+
+    `customer` holds the customer's details (email, name, address), opened
+    with the customer's own data key, for as long as that key exists. Once
+    the customer was erased (`payledger gdpr forget`), it is the marker
+    `{"erased": true, "reference": "<customer_ref>"}`, never an error and
+    never the sealed bytes. It is null for a payment created without a
+    customer. The list of payments never carries personal data.
 
     404 for another merchant's payment as for a missing one; 404
     payment-not-projected (with Retry-After) for a payment this merchant
@@ -816,7 +858,53 @@ async def get_payment(
         rows = await _fetch(connection, statement, params)
         if not rows:
             raise await _missing(connection, merchant.merchant_id, payment_id)
-    return _built(_payment, rows)[0]
+        customers = await _fetch(connection, _CUSTOMER, params)
+    payment = _built(_payment, rows)[0]
+    customer = None if not customers else await _customer(svc, customers[0])
+    return PaymentDetail(**dict(payment), customer=customer)
+
+
+# The payment's sealed customer data, and whether the customer's key is gone
+# (destroyed, or, which never happens, no key row at all: unreadable either way).
+_CUSTOMER: Final = sql.SQL(
+    "SELECT c.customer_ref, c.data_key_id, c.algorithm, c.nonce, c.ciphertext,"
+    " (k.customer_ref IS NULL OR k.wrapped_key IS NULL) AS erased"
+    " FROM ingress_payment_customers c"
+    " JOIN ingress_payments i ON i.payment_id = c.payment_id"
+    " LEFT JOIN customer_data_keys k ON k.customer_ref = c.customer_ref"
+    " WHERE c.payment_id = %(payment_id)s AND i.merchant_id = %(merchant_id)s"
+)
+
+
+async def _customer(svc: Services, row: Mapping[str, Any]) -> CustomerShown | CustomerErasedMarker:
+    """The customer's details while their key exists, the erasure marker after."""
+    reference = row["customer_ref"]
+    if row["erased"]:
+        return CustomerErasedMarker(reference=reference)
+    sealed = SealedData(
+        customer_ref=reference,
+        data_key_id=row["data_key_id"],
+        algorithm=row["algorithm"],
+        nonce=bytes(row["nonce"]),
+        ciphertext=bytes(row["ciphertext"]),
+    )
+    try:
+        plaintext = await svc.customer_keys.open(reference, sealed)
+    except UnknownCustomer:
+        plaintext = None
+    if plaintext is None:  # erased since the read above
+        return CustomerErasedMarker(reference=reference)
+    try:
+        document = json.loads(plaintext)
+        return CustomerShown(
+            reference=reference,
+            email=document.get("email"),
+            name=document.get("name"),
+            address=None if document.get("address") is None else Address(**document["address"]),
+        )
+    except (ValueError, TypeError, AttributeError) as error:  # ValidationError is a ValueError
+        # Sealed by this ingress from a validated request: a server error, not the client's.
+        raise RuntimeError(f"the sealed customer data of {reference} does not fit") from error
 
 
 @router.get(
