@@ -712,7 +712,9 @@ def _built(
 
 
 async def _fetch(
-    connection: psycopg.AsyncConnection[Any], query: sql.Composable, params: Mapping[str, Any]
+    connection: psycopg.AsyncConnection[Any],
+    query: sql.SQL | sql.Composed,
+    params: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     cursor = connection.cursor(row_factory=dict_row)
     await cursor.execute(query, params)
