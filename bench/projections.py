@@ -284,11 +284,11 @@ async def stages(settings: Any, topic: str, batch_records: int, schema: str, tot
     from ledger.registry import open_registry
     from ledger.verify import Verifier
     from projections import store
+    from projections.keys import keys_follower
     from projections.migrations import migrate
     from projections.plan import lookup, next_offsets, plan_batch
     from projections.reader import Reader
     from projections.rows import Projected
-    from streams.keys import KeysFollower
 
     async def never(seconds: float) -> bool:
         await asyncio.sleep(seconds)
@@ -300,7 +300,7 @@ async def stages(settings: Any, topic: str, batch_records: int, schema: str, tot
     reader = Reader(
         settings,
         verifier,
-        KeysFollower(settings, verifier),
+        keys_follower(settings, verifier),
         topic=topic,
         batch_records=batch_records,
         pause=never,

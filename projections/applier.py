@@ -48,11 +48,11 @@ from ledger.registry import open_registry
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from projections import facts, limits, store
+from projections.keys import keys_follower
 from projections.migrations import migrate_on
 from projections.plan import BatchPlan, Candidate, Unusable, lookup, next_offsets, plan_batch
 from projections.reader import Reader, Stopping, backoff_s
 from projections.rows import Projected
-from streams.keys import KeysFollower
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Applier:
         return Reader(
             self._settings,
             verifier,
-            KeysFollower(self._settings, verifier),
+            keys_follower(self._settings, verifier),
             topic=topic_name(self._settings, TopicRole.PAYMENT_EVENTS),
             batch_records=self._batch_records,
             pause=self._pause,

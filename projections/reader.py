@@ -10,7 +10,7 @@ transactions are never seen.
 
 Each record becomes a ``plan.Candidate``: decoded and verified (event ->
 signing key -> endorsement -> root), the key learnt from the keys topic when
-it is new (``streams.keys.KeysFollower``), and checked to carry a payment
+it is new (``ledger.keyfeed.KeysFollower``), and checked to carry a payment
 event of the payment it is keyed by.
 """
 
@@ -29,12 +29,12 @@ from aiokafka.errors import KafkaError
 from ledger.config import Settings
 from ledger.envelope import Envelope, PaymentEvent
 from ledger.errors import InfrastructureError, InvalidEnvelope, Reason
+from ledger.keyfeed import KeysFollower
 from ledger.verify import Verifier
 from projections import limits
 from projections.facts import INVALID_ERROR_CLASS, UNPROJECTABLE_ERROR_CLASS
 from projections.plan import Candidate, Unusable
 from projections.rows import Position, Projected
-from streams.keys import KeysFollower
 
 log = logging.getLogger(__name__)
 

@@ -102,12 +102,14 @@ from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
 from ledger.envelope import Envelope
 from ledger.errors import LedgerError
+from ledger.keyfeed import KeysFollower
 from ledger.keystore import ActiveSigner, KeyStore
 from ledger.publisher import Published, Publisher
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from projections import facts, limits, store
 from projections.applier import Applier, Totals
+from projections.keys import keys_follower
 from projections.migrations import (
     DEFAULT_SCHEMA,
     MIGRATIONS_TABLE,
@@ -116,7 +118,6 @@ from projections.migrations import (
     migrations,
 )
 from projections.reader import Pause, Reader
-from streams.keys import KeysFollower
 
 log = logging.getLogger(__name__)
 
@@ -856,7 +857,7 @@ class _Replay(Applier):
         return _UntilEnds(
             self._settings,
             verifier,
-            KeysFollower(self._settings, verifier),
+            keys_follower(self._settings, verifier),
             topic=topic_name(self._settings, TopicRole.PAYMENT_EVENTS),
             batch_records=self._batch_records,
             pause=self._pause,

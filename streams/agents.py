@@ -131,7 +131,7 @@ Emit = Callable[[str, bytes, bytes, Headers], Awaitable[object]]
 
 
 class KeySource(Protocol):
-    """Where endorsements published after start come from (``streams.keys.KeysFollower``)."""
+    """Where endorsements published after start come from (``ledger.keyfeed.KeysFollower``)."""
 
     async def catch_up(self) -> int:
         """Admit new endorsements into the verifier's ring; return how many."""

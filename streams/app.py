@@ -6,7 +6,7 @@ Records the processor emits go through the app's own producer, on the
 transaction of the source partition, so they commit atomically with the
 consumed offset and the table's changelog; Faust's commits are held back
 while a record is half sent (``CommitGate``). Event keys endorsed after the
-worker started are learnt from the keys topic (``streams.keys``).
+worker started are learnt from the keys topic (``ledger.keyfeed``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import faust
 
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
+from ledger.keyfeed import KeysFollower
 from ledger.keystore import ActiveSigner, KeyStore
 from ledger.registry import open_registry
 from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from streams.agents import Emit, Headers, Processor, Record, Result, Table
-from streams.keys import KeysFollower
+from streams.keys import keys_follower
 
 APP_NAME = "ledger-streams"
 TABLE_NAME = "payments"
@@ -119,7 +120,7 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
         store = KeyStore(settings)
         codec = EnvelopeCodec(open_registry(settings))
         verifier = Verifier(codec, store.keyring())
-        keys = KeysFollower(settings, verifier)
+        keys = keys_follower(settings, verifier)
         processor = Processor(settings, codec, verifier, ActiveSigner(store), keys=keys)
     app = faust.App(
         f"{settings.topic_prefix}{APP_NAME}",
