@@ -114,6 +114,7 @@ class Supervisor:
         self._children: list[_Child] = []
         self._out_broken = False
         self._previous_sigterm: _Handler = signal.SIG_DFL
+        self._previous_sigint: _Handler = signal.SIG_DFL
         self._handling_sigterm = False
 
     # -- context management
@@ -121,6 +122,10 @@ class Supervisor:
     def __enter__(self) -> Supervisor:
         if threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+            # Ctrl-C stops the stack even when our parent started us with
+            # SIGINT ignored (a background job of a non-interactive shell),
+            # which Python would otherwise leave ignored.
+            self._previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
             self._handling_sigterm = True
         return self
 
@@ -135,6 +140,7 @@ class Supervisor:
         finally:
             if self._handling_sigterm:
                 _restore(signal.SIGTERM, self._previous_sigterm)
+                _restore(signal.SIGINT, self._previous_sigint)
                 self._handling_sigterm = False
 
     # -- output

@@ -84,8 +84,24 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, str
         yield process, log_path, f"http://127.0.0.1:{PORTS['HTTP_PORT']}"
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            # The test failed before its Ctrl-C: stop the stack the way a
+            # service manager would (SIGTERM takes the same clean path), and
+            # only then kill. Every child runs in a session of its own, so a
+            # kill of this process alone would leave them running.
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                subprocess.run(
+                    [sys.executable, "-m", "ledger.cli", "infra", "down"],
+                    cwd=ROOT,
+                    env=environment,
+                    capture_output=True,
+                    check=False,
+                    timeout=STOP_TIMEOUT_S,
+                )
 
 
 def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
