@@ -111,9 +111,8 @@ async def _refuse_card_data(
     )
 
 
-async def admit(request: Request, svc: Annotated[Services, Depends(services)]) -> Admitted:
-    """Authentication, rate limit, Idempotency-Key and the card-data guard, before validation."""
-    body = await request.body()
+async def authenticated(request: Request, svc: Services, body: bytes) -> Merchant:
+    """The request's merchant, authenticated and within its rate limit (else 401/429)."""
     merchant = await svc.authenticator.authenticate(request, body)
     request.state.merchant_id = merchant.merchant_id
     settings = svc.settings
@@ -130,6 +129,13 @@ async def admit(request: Request, svc: Annotated[Services, Depends(services)]) -
             f"retry in {wait_s:.0f} s",
             headers={"Retry-After": f"{wait_s:.0f}"},
         )
+    return merchant
+
+
+async def admit(request: Request, svc: Annotated[Services, Depends(services)]) -> Admitted:
+    """Authentication, rate limit, Idempotency-Key and the card-data guard, before validation."""
+    body = await request.body()
+    merchant = await authenticated(request, svc, body)
     key = idempotency_key(request.headers.get("idempotency-key"))
     await _refuse_card_data(request, body, svc, merchant)
     return Admitted(merchant, key)

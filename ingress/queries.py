@@ -78,6 +78,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from ingress.auth import Merchant
 from ingress.customer_keys import UnknownCustomer
 from ingress.models import Address, StrictModel
+from ingress.payments import authenticated
 from ingress.problems import Problem
 from ingress.services import Services, services
 from ledger.envelope import PostingSide, Provider, SealedData
@@ -550,23 +551,7 @@ async def reader(request: Request, svc: Annotated[Services, Depends(services)]) 
     The write routes' ``ingress.payments.admit`` also demands an Idempotency-Key
     and scans the body for card data; a read has neither.
     """
-    merchant = await svc.authenticator.authenticate(request, await request.body())
-    request.state.merchant_id = merchant.merchant_id
-    settings = svc.settings
-    wait_s = svc.rate_limiter.take(
-        merchant.merchant_id,
-        merchant.rate_per_s or settings.rate_limit_per_s,
-        merchant.burst or settings.rate_limit_burst,
-    )
-    if wait_s is not None:
-        raise Problem(
-            429,
-            "rate-limited",
-            "Too many requests",
-            f"retry in {wait_s:.0f} s",
-            headers={"Retry-After": f"{wait_s:.0f}"},
-        )
-    return merchant
+    return await authenticated(request, svc, await request.body())
 
 
 Reader = Annotated[Merchant, Depends(reader)]
