@@ -27,6 +27,7 @@ from ledger.topics import TopicRole, topic_name
 from ledger.verify import Verifier
 from streams.agents import Emit, Headers, Processor, Record, Result, Table
 from streams.keys import keys_follower
+from streams.recovery import SeekFirstTableManager
 
 APP_NAME = "ledger-streams"
 TABLE_NAME = "payments"
@@ -134,7 +135,14 @@ def create_app(settings: Settings, *, processor: Processor | None = None) -> fau
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.streams_commit_interval_s,
+        # No standby copies of the other workers' table partitions: Faust
+        # crashes seeking a standby partition that has no offset yet, and a
+        # worker taking a partition over rebuilds it from the changelog anyway.
+        table_standby_replicas=0,
         web_enabled=False,
+        # Faust's recovery resumes the source partitions before it seeks them:
+        # records read in between were lost (streams/recovery.py).
+        TableManager=SeekFirstTableManager,
     )
     app.payledger_processor = processor  # type: ignore[attr-defined]
     table = app.Table(

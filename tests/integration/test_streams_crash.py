@@ -322,15 +322,6 @@ def operation_of(exchange: Exchange) -> tuple[str, str]:
 
 
 @pytest.mark.timeout(3 * RUN_TIMEOUT_S)
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open defect: in about 1 run in 5 one payment ends with no committed event: the"
-        " killed worker made its CREATE call, the restarted one never saw the command again"
-        " (its offset was committed without its events). Before CommitGate, 4 runs in 5"
-        " published a CREATED twice instead."
-    ),
-)
 async def test_sigkill_mid_backlog_then_restart_loses_and_doubles_nothing(
     settings: Settings, proxy: RecordingProxy, worker: Worker
 ) -> None:

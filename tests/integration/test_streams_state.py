@@ -7,7 +7,11 @@
 * Every payment whose domain events are committed has its table change
   committed too: after a clean stop, the table's changelog (read_committed)
   holds each payment at the sequence of its last committed event, and a
-  restarted worker applies the next webhook instead of holding it.
+  restarted worker applies the next webhook instead of holding it. Those
+  webhooks sit on provider-events partitions the group never committed on
+  (they were empty during the first run): the restarted worker must read them
+  from their beginning, not from wherever a fetch made before its seek left
+  them (``streams/recovery.py``).
 """
 
 from __future__ import annotations
@@ -219,15 +223,6 @@ async def test_table_changes_commit_with_their_events(settings: Settings) -> Non
     assert all(table[p].provider_ref for p in ids), "the PaymentIntent id is kept"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open defect: after a clean stop, a restarted worker sometimes never consumes the"
-        " provider-events partitions it had never read before (no committed offsets): it"
-        " reports Ready and processes nothing, for minutes (about 1 run in 4 here, with and"
-        " without CommitGate). The SIGKILL test, whose worker had read them, is not affected."
-    ),
-)
 async def test_a_restarted_worker_applies_the_webhooks_waiting_for_it(settings: Settings) -> None:
     ids = [f"pay_{uuid.uuid4().hex[:12]}" for _ in range(PAYMENTS)]
     table = await _created_then_stopped(settings, ids)
