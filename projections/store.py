@@ -2,15 +2,18 @@
 
 Everything here runs on the caller's connection, inside the caller's
 transaction: the rows of a batch, its processed events and the consumer
-positions commit together or not at all. Rows go to the database as one
-array per column, expanded by ``unnest``: one statement per table per batch
-however many events it holds, so the balances trigger runs once per batch
-and the round trips do not grow with the batch.
+positions commit together or not at all. One statement per table per batch
+however many events it holds, so the statement triggers (balances, entries
+within postings) run once per batch and the round trips do not grow with
+the batch: the append-only tables (events, entries, processed events) are
+written by ``COPY``, the rest as one array per column expanded by ``unnest``
+(an upsert, or a replacement).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -189,9 +192,9 @@ async def write_plan(connection: Connection, plan: BatchPlan) -> None:
             (list(plan.fee_payment_ids),),
         )
     await _insert(connection, "payment_fees", _FEE_TYPES, plan.fees, FeeRow)
-    await _insert(connection, "payment_events", _EVENT_TYPES, plan.events, EventRow)
-    await _insert(connection, "ledger_entries", _ENTRY_TYPES, plan.entries, EntryRow)
-    await _insert(connection, "processed_events", _PROCESSED_TYPES, plan.processed, ProcessedRow)
+    await _copy(connection, "payment_events", _EVENT_TYPES, plan.events, EventRow)
+    await _copy(connection, "ledger_entries", _ENTRY_TYPES, plan.entries, EntryRow)
+    await _copy(connection, "processed_events", _PROCESSED_TYPES, plan.processed, ProcessedRow)
 
 
 async def write_positions(connection: Connection, positions: Sequence[Position]) -> None:
@@ -253,6 +256,25 @@ async def _insert(
     )
 
 
+async def _copy(
+    connection: Connection,
+    table: str,
+    types: dict[str, str],
+    rows: Sequence[object],
+    row_type: type,
+) -> None:
+    if not rows:
+        return
+    values = _row_values(types, row_type)
+    statement = sql.SQL("COPY {table} ({columns}) FROM STDIN").format(
+        table=sql.Identifier(table),
+        columns=sql.SQL(", ").join(sql.Identifier(name) for name in types),
+    )
+    async with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(values(row))
+
+
 def _insert_statement(table: sql.Composable, types: dict[str, str]) -> sql.Composed:
     return sql.SQL("INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})").format(
         table=table,
@@ -269,3 +291,9 @@ def _columns(rows: Sequence[object], types: dict[str, str], row_type: type) -> l
     # columns and the row's fields are one list.
     assert tuple(types) == tuple(f.name for f in dataclasses.fields(row_type)), row_type
     return [[getattr(row, name) for row in rows] for name in types]
+
+
+def _row_values(types: dict[str, str], row_type: type) -> Any:
+    """A function of a row to its values, in ``types`` order."""
+    assert tuple(types) == tuple(f.name for f in dataclasses.fields(row_type)), row_type
+    return operator.attrgetter(*types)

@@ -70,7 +70,9 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
     assert asyncio.run(provision_topics(settings)).ok
     KeyStore(settings).active_key()
     schema = settings.projections_schema
-    assert asyncio.run(migrations.migrate(settings.dsn(), schema)) == ["001_projections.sql"]
+    assert asyncio.run(migrations.migrate(settings.dsn(), schema)) == [
+        m.name for m in migrations.migrations()
+    ]
     try:
         merchant_id, api_key = _merchant(settings)
         _, other_api_key = _merchant(settings)

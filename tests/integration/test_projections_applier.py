@@ -315,11 +315,13 @@ async def check_projection(dsn: str, schema: str, expected: Timelines) -> None:
 
 async def test_migrations_build_a_schema_once_and_a_second_beside_it(settings, schema) -> None:
     dsn = settings.dsn()
-    assert await migrations.migrate(dsn, schema) == ["001_projections.sql"]
+    shipped = [m.name for m in migrations.migrations()]
+    assert shipped[:2] == ["001_projections.sql", "002_entries_checked_per_event.sql"]
+    assert await migrations.migrate(dsn, schema) == shipped
     assert await migrations.migrate(dsn, schema) == []
     beside = f"{schema}_b"
     try:
-        assert await migrations.migrate(dsn, beside) == ["001_projections.sql"]
+        assert await migrations.migrate(dsn, beside) == shipped
         for name in (schema, beside):
             tables = await query(
                 dsn,
@@ -348,7 +350,8 @@ def test_the_migrate_command(settings, schema) -> None:
     runner = CliRunner()
     first = runner.invoke(main, ["projections", "migrate", "--schema", schema])
     assert first.exit_code == 0, first.output
-    assert f"schema {schema}: applied 001_projections.sql" in first.output
+    shipped = ", ".join(m.name for m in migrations.migrations())
+    assert f"schema {schema}: applied {shipped}" in first.output
     again = runner.invoke(main, ["projections", "migrate", "--schema", schema])
     assert again.exit_code == 0, again.output
     assert f"schema {schema}: up to date" in again.output
@@ -674,12 +677,31 @@ async def test_the_database_refuses_what_breaks_an_invariant(settings, schema) -
                 written = True
         assert written, "the balance is checked at commit, not per statement"
 
-        # Fewer entries than the event's postings.
+        # Fewer entries than the event's postings; none at all.
         event = capture_event(payment_id)
         with pytest.raises(psycopg.errors.CheckViolation, match="has 1 ledger entries and 2"):
             async with connection.transaction():
                 await connection.execute(EVENT_SQL, event)
                 await entry(event, 0, CLEARING, "DEBIT", 1000)
+        event = capture_event(payment_id)
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 0 ledger entries and 2") as e:
+            async with connection.transaction():
+                await connection.execute(EVENT_SQL, event)
+        assert str(event["event_id"]) in str(e.value)
+        assert e.value.diag.constraint_name == "entries_match_postings"
+
+        # More entries than postings, in the event's own transaction: refused
+        # by the statement that wrote one too many.
+        event = capture_event(payment_id)
+        written = False
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 3 ledger entries and 2"):
+            async with connection.transaction():
+                await connection.execute(EVENT_SQL, event)
+                await entry(event, 0, CLEARING, "DEBIT", 1000)
+                await entry(event, 1, PAYABLE, "CREDIT", 1000)
+                await entry(event, 2, PAYABLE, "CREDIT", 1)
+                written = True
+        assert not written, "more entries than postings are refused at once"
 
         # Balanced, in two statements, credit first: committed; balances follow.
         event = capture_event(payment_id)
@@ -696,10 +718,24 @@ async def test_the_database_refuses_what_breaks_an_invariant(settings, schema) -
             (CLEARING, 1000, 0, 1000, 1),
         ]
 
-        # A leg added later to a balanced event.
-        with pytest.raises(psycopg.errors.CheckViolation, match="has 3 ledger entries"):
+        # A leg added later to a balanced event; two legs that balance each other.
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 3 ledger entries") as e:
             async with connection.transaction():
                 await entry(event, 2, PAYABLE, "CREDIT", 1)
+        assert str(event["event_id"]) in str(e.value)
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 4 ledger entries and 2"):
+            await connection.execute(
+                "INSERT INTO ledger_entries (event_id, leg, account, side, amount_minor, currency)"
+                " VALUES (%(id)s, 2, %(debit)s, 'DEBIT', 1, 'EUR'),"
+                " (%(id)s, 3, %(credit)s, 'CREDIT', 1, 'EUR')",
+                {"id": event["event_id"], "debit": CLEARING, "credit": PAYABLE},
+            )
+
+        # An entry for an event without postings (the CREATED one), however late.
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 1 ledger entries and 0") as e:
+            async with connection.transaction():
+                await entry(created, 0, PAYABLE, "CREDIT", 1)
+        assert str(created["event_id"]) in str(e.value)
 
         # A second event on a taken sequence.
         with pytest.raises(psycopg.errors.UniqueViolation, match="payment_events_sequence"):
@@ -731,5 +767,90 @@ async def test_the_database_refuses_what_breaks_an_invariant(settings, schema) -
                     EVENT_SQL.replace("'mer_sql'", "'mer_other'"),
                     capture_event(payment_id, sequence=3, postings=0),
                 )
+    finally:
+        await connection.close()
+
+
+async def test_a_schema_at_the_first_migration_is_migrated_to_per_event_checks(
+    settings, schema, tmp_path: Path
+) -> None:
+    """A database built by 001 alone (per-entry checks) is carried to the per-event checks
+    with its rows, and refuses what 001 refused."""
+    dsn = settings.dsn()
+    first = tmp_path / "sql"
+    first.mkdir()
+    (first / "001_projections.sql").write_text(
+        (migrations.SQL_DIR / "001_projections.sql").read_text()
+    )
+    assert await migrations.migrate(dsn, schema, first) == ["001_projections.sql"]
+    connection = await store.connect(dsn, schema)
+    payment_id = "pay_sql_migrated"
+
+    async def entry(event: dict[str, object], leg: int, account: str, side: str, amount: int):
+        await connection.execute(ENTRY_SQL, (event["event_id"], leg, account, side, amount))
+
+    async def triggers() -> set[tuple[str, str]]:
+        cursor = await connection.execute(
+            "SELECT c.relname, t.tgname FROM pg_trigger AS t"
+            " JOIN pg_class AS c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal",
+            (schema,),
+        )
+        return set(await cursor.fetchall())
+
+    try:
+        # Rows written under 001's triggers.
+        async with connection.transaction():
+            await connection.execute(PAYMENT_SQL, (payment_id, 1000, 1000))
+            created = {
+                **capture_event(payment_id, sequence=1, postings=0),
+                "kind": "CREATED",
+                "before": None,
+                "after": "AWAITING_PAYMENT_METHOD",
+                "captured": 0,
+            }
+            await connection.execute(EVENT_SQL, created)
+            before = capture_event(payment_id)
+            await connection.execute(EVENT_SQL, before)
+            await entry(before, 0, CLEARING, "DEBIT", 1000)
+            await entry(before, 1, PAYABLE, "CREDIT", 1000)
+        assert ("ledger_entries", "entries_balanced") in await triggers()
+
+        assert await migrations.migrate(dsn, schema) == [
+            m.name for m in migrations.migrations()[1:]
+        ]
+        found = await triggers()
+        assert ("ledger_entries", "entries_balanced") not in found
+        assert {
+            ("ledger_entries", "entries_within_postings"),
+            ("payment_events", "event_entries_complete"),
+        } <= found
+
+        # An unbalanced event is refused at commit, and named.
+        event = capture_event(payment_id, sequence=3)
+        with pytest.raises(psycopg.errors.CheckViolation, match="do not balance in EUR") as e:
+            async with connection.transaction():
+                await connection.execute(EVENT_SQL, event)
+                await entry(event, 0, CLEARING, "DEBIT", 1000)
+                await entry(event, 1, PAYABLE, "CREDIT", 999)
+        assert str(event["event_id"]) in str(e.value)
+        assert e.value.diag.constraint_name == "entries_balanced"
+
+        # A leg added to the event committed before the migration.
+        with pytest.raises(psycopg.errors.CheckViolation, match="has 3 ledger entries and 2"):
+            async with connection.transaction():
+                await entry(before, 2, PAYABLE, "CREDIT", 1)
+
+        # A balanced event, legs in any order: committed.
+        event = capture_event(payment_id, sequence=3)
+        async with connection.transaction():
+            await connection.execute(EVENT_SQL, event)
+            await entry(event, 1, PAYABLE, "CREDIT", 1000)
+            await entry(event, 0, CLEARING, "DEBIT", 1000)
+        cursor = await connection.execute(
+            "SELECT account, debit_minor, credit_minor, entries_count FROM account_balances"
+            " ORDER BY account"
+        )
+        assert await cursor.fetchall() == [(PAYABLE, 0, 2000, 2), (CLEARING, 2000, 0, 2)]
     finally:
         await connection.close()
