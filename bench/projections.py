@@ -13,7 +13,7 @@ In one run, against the same Kafka and Postgres:
    committed consumer positions.
 2. where the applier's time goes, each stage measured apart on the same
    records in this process while the applier idles: read (``Reader.poll``,
-   read_committed), decode+verify (``Reader.candidate``), plan and rows
+   read_committed), decode+verify (``Reader.candidates``), plan and rows
    (``plan.plan_batch``, i.e. ``projections.rows``), and the SQL of each batch
    (lock, lookups, writes, deferred checks, positions, commit) replayed with
    ``projections.store`` into a second fresh schema, batch for batch.
@@ -318,7 +318,7 @@ async def stages(settings: Any, topic: str, batch_records: int, schema: str, tot
         result.read_s = time.perf_counter() - started
         result.polls = len(batches)
         started = time.perf_counter()
-        candidates = [[await reader.candidate(record) for record in batch] for batch in batches]
+        candidates = [await reader.candidates(batch) for batch in batches]
         result.verify_s = time.perf_counter() - started
     finally:
         await reader.stop()
@@ -658,7 +658,7 @@ def report(r: Results, args: argparse.Namespace) -> None:
     per_event = 1e6 / d.rate if d.rate else 0.0
     steps = (
         ("read: Reader.poll (read_committed)", s.read_s),
-        ("decode + verify: Reader.candidate", s.verify_s),
+        ("decode + verify: Reader.candidates", s.verify_s),
         ("plan + rows: plan_batch (projections.rows)", s.plan_s),
         ("SQL: lock, lookups, writes, checks, positions, commit", s.sql_s),
     )

@@ -22,6 +22,13 @@ not committed: after a pause (bounded exponential backoff) the applier
 reconnects and seeks back to the positions Postgres holds, so nothing is
 skipped and nothing doubled. SIGTERM or SIGINT sets the stop flag: the batch
 in flight finishes its transaction, and ``run`` returns.
+
+The next batch is polled, decoded and verified (``Reader.candidates``, on the
+reader's own thread) while the current batch's transaction runs, so the
+signature checks and the SQL use both cores. Batches still apply one after
+another in the order read; a batch read ahead is dropped, never committed,
+when the current one fails or the applier stops, and read again from the
+positions Postgres holds.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from datetime import datetime
 from typing import Final
 
 import psycopg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from ledger.codec import EnvelopeCodec
@@ -102,9 +109,11 @@ class Applier:
         """Apply batches until ``stop`` is set; the batch in flight is finished first."""
         self._stop = stop
         keystore = KeyStore(self._settings)
-        codec = EnvelopeCodec(open_registry(self._settings))
-        verifier = Verifier(codec, KeyRing([keystore.trusted_root()]))
-        publisher = self._publisher(keystore, codec)
+        registry = open_registry(self._settings)
+        # Records are decoded on the reader's thread: the publisher has a codec
+        # (and schema cache) of its own.
+        verifier = Verifier(EnvelopeCodec(registry), KeyRing([keystore.trusted_root()]))
+        publisher = self._publisher(keystore, EnvelopeCodec(registry))
         reader = self._reader(verifier)
         try:
             await publisher.start()
@@ -151,22 +160,40 @@ class Applier:
     async def _loop(
         self, reader: Reader, publisher: Publisher, connection: store.Connection
     ) -> None:
-        while not self._stop.is_set():
-            records = await reader.poll()
-            if not records:
-                continue
-            try:
-                candidates = [await reader.candidate(record) for record in records]
-                result = await self._project(connection, publisher, candidates)
-            except (*store.UNAVAILABLE, *_PUBLISH_FAILED) as error:
-                log.warning("batch of %d records not committed: %r", len(records), error)
-                self.totals.retries += 1
-                reconnected = await self._reconnect(reader, connection)
-                if reconnected is None:
-                    return
-                connection = reconnected
-                continue
-            self._count(result)
+        # The next batch is read and verified (``_read``: the reader's thread)
+        # while this one's transaction runs; batches still apply one after
+        # another, in the order read.
+        ahead: asyncio.Task[_Read] | None = None
+        try:
+            while not self._stop.is_set() and not self._finished():
+                if ahead is None:
+                    ahead = asyncio.create_task(_read(reader))
+                records, candidates = await ahead
+                ahead = None
+                if not records:
+                    continue
+                ahead = asyncio.create_task(_read(reader))
+                try:
+                    result = await self._project(connection, publisher, candidates)
+                except (*store.UNAVAILABLE, *_PUBLISH_FAILED) as error:
+                    log.warning("batch of %d records not committed: %r", len(records), error)
+                    self.totals.retries += 1
+                    # What was read ahead is read again from the stored positions.
+                    await _discard(ahead)
+                    ahead = None
+                    reconnected = await self._reconnect(reader, connection)
+                    if reconnected is None:
+                        return
+                    connection = reconnected
+                    continue
+                self._count(result)
+        finally:
+            if ahead is not None:
+                await _discard(ahead)
+
+    def _finished(self) -> bool:
+        """Nothing more to apply once the batch in flight is committed (never, live)."""
+        return False
 
     async def _project(
         self,
@@ -281,6 +308,23 @@ class Applier:
         totals.rejected += len(result.refused)
         for refused in result.refused:
             log.error("event at %s refused by the database: %s", refused.position, refused.detail)
+
+
+_Read = tuple[list[ConsumerRecord[bytes, bytes]], list[Candidate]]
+
+
+async def _read(reader: Reader) -> _Read:
+    """The next batch of records, and what each of them is."""
+    records = await reader.poll()
+    return records, await reader.candidates(records)
+
+
+async def _discard(task: asyncio.Task[_Read]) -> None:
+    """Cancel a batch read ahead and wait for it: the reader is free again."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # what it read, or why it could not, is dropped
 
 
 async def _apply_in_savepoint(

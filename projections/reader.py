@@ -11,7 +11,9 @@ transactions are never seen.
 Each record becomes a ``plan.Candidate``: decoded and verified (event ->
 signing key -> endorsement -> root), the key learnt from the keys topic when
 it is new (``ledger.keyfeed.KeysFollower``), and checked to carry a payment
-event of the payment it is keyed by.
+event of the payment it is keyed by. ``candidates`` does a batch of them on
+one thread of the reader's, so the applier can write one batch while the
+next is verified.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -71,6 +74,7 @@ class Reader:
         self._pause = pause
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -95,6 +99,9 @@ class Reader:
             await self._consumer.stop()
             self._consumer = None
         await self._keys.stop()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _discover(self) -> list[TopicPartition]:
         """Every partition of the topic, from the cluster's metadata."""
@@ -140,30 +147,50 @@ class Reader:
             record for tp in sorted(batches, key=lambda tp: tp.partition) for record in batches[tp]
         ]
 
+    async def candidates(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Candidate]:
+        """``candidate`` of each record, in order, decoded and verified on the reader's thread.
+
+        libsodium releases the GIL while it checks a signature, so the thread
+        works beside the event loop (the applier writing the previous batch).
+        A record signed by a key not known yet is judged again here, on the
+        loop, once the keys topic has been read (``candidate``).
+        """
+        if not records:
+            return []
+        known = await asyncio.get_running_loop().run_in_executor(
+            self._judging(), self._judge_known, records
+        )
+        return [
+            candidate if candidate is not None else await self.candidate(record)
+            for record, candidate in zip(records, known, strict=True)
+        ]
+
     async def candidate(self, record: ConsumerRecord[bytes, bytes]) -> Candidate:
-        value = record.value or b""
-        digest = hashlib.sha256(value).digest()
-        position = Position(record.topic, record.partition, record.offset)
-
-        def unusable(
-            error_class: str, reason: str, detail: str, envelope: Envelope | None = None
-        ) -> Unusable:
-            return Unusable(
-                position, digest, value, record.key, error_class, reason, detail, envelope
-            )
-
         try:
-            envelope = await self._open(value)
+            envelope = await self._open(record.value or b"")
         except InvalidEnvelope as error:
-            return unusable(INVALID_ERROR_CLASS, error.reason.value, str(error))
-        payload = envelope.payload
-        if not isinstance(payload, PaymentEvent):
-            detail = f"payload is {type(payload).__name__}"
-            return unusable(UNPROJECTABLE_ERROR_CLASS, NOT_A_PAYMENT_EVENT, detail, envelope)
-        if payload.payment_id != envelope.aggregate_id:
-            detail = f"event of {payload.payment_id} keyed by {envelope.aggregate_id}"
-            return unusable(UNPROJECTABLE_ERROR_CLASS, WRONG_AGGREGATE, detail, envelope)
-        return Projected(position, digest, value, envelope, payload)
+            return judged(record, error)
+        return judged(record, envelope)
+
+    def _judge_known(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[Candidate | None]:
+        """Each record judged with the keys known now; None where its key is not known yet."""
+        found: list[Candidate | None] = []
+        for record in records:
+            try:
+                envelope = self._verifier.open(record.value or b"")
+            except InvalidEnvelope as error:
+                found.append(None if error.reason is Reason.UNKNOWN_KEY else judged(record, error))
+                continue
+            found.append(judged(record, envelope))
+        return found
+
+    def _judging(self) -> ThreadPoolExecutor:
+        """The one thread that decodes and verifies: batches are judged one after another."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
+        return self._executor
 
     async def _open(self, value: bytes) -> Envelope:
         """Decode and verify; a key not known yet is looked for on the keys topic first."""
@@ -195,6 +222,29 @@ class Reader:
         if self._consumer is None:
             raise RuntimeError("the reader is not started")
         return self._consumer
+
+
+def judged(record: ConsumerRecord[bytes, bytes], opened: Envelope | InvalidEnvelope) -> Candidate:
+    """What becomes of a record, given its verified envelope or why it did not verify."""
+    value = record.value or b""
+    digest = hashlib.sha256(value).digest()
+    position = Position(record.topic, record.partition, record.offset)
+
+    def unusable(
+        error_class: str, reason: str, detail: str, envelope: Envelope | None = None
+    ) -> Unusable:
+        return Unusable(position, digest, value, record.key, error_class, reason, detail, envelope)
+
+    if isinstance(opened, InvalidEnvelope):
+        return unusable(INVALID_ERROR_CLASS, opened.reason.value, str(opened))
+    payload = opened.payload
+    if not isinstance(payload, PaymentEvent):
+        detail = f"payload is {type(payload).__name__}"
+        return unusable(UNPROJECTABLE_ERROR_CLASS, NOT_A_PAYMENT_EVENT, detail, opened)
+    if payload.payment_id != opened.aggregate_id:
+        detail = f"event of {payload.payment_id} keyed by {opened.aggregate_id}"
+        return unusable(UNPROJECTABLE_ERROR_CLASS, WRONG_AGGREGATE, detail, opened)
+    return Projected(position, digest, value, opened, payload)
 
 
 def backoff_s(attempt: int) -> float:

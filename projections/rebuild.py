@@ -794,9 +794,10 @@ class _UntilEnds(Reader):
 
     Once every partition is read up to its end -- the consumer's position,
     which steps over transaction markers and aborted records too -- ``poll``
-    calls ``at_end`` and returns nothing. The applier polls only after the
-    previous batch committed (or after seeking back to the committed positions
-    when it failed), so everything below the ends is then committed.
+    calls ``at_end`` and returns nothing. The applier reads one batch ahead,
+    while the previous one is written: everything below the ends is committed
+    once that previous batch is, and a failed batch seeks back to the
+    committed positions, which are below the end again (``_Replay``).
     """
 
     def __init__(
@@ -867,7 +868,17 @@ class _Replay(Applier):
 
     def _end(self) -> None:
         self.reached_end = True
-        self._stop.set()
+
+    def _finished(self) -> bool:
+        return self.reached_end
+
+    async def _reconnect(
+        self, reader: Reader, broken: store.Connection | None
+    ) -> store.Connection | None:
+        # Back at the committed positions: what was read to the end is read again.
+        connection = await super()._reconnect(reader, broken)
+        self.reached_end = False
+        return connection
 
 
 async def replay(
