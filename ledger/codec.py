@@ -200,6 +200,10 @@ class EnvelopeCodec:
             parsed, fingerprint = schemas.parse_text(text)
         except SchemaError:
             return None
+        if fingerprint == self._schema.fingerprint:
+            # The writer is our own schema: decoding with its parsed form
+            # (the same object) skips Avro schema resolution.
+            return WriterSchema(schema_id, self._schema.parsed, fingerprint)
         is_envelope = (
             isinstance(parsed, dict)
             and parsed.get("name") == schemas.ENVELOPE_NAME
