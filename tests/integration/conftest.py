@@ -43,7 +43,7 @@ def stack() -> Iterator[Stack]:
 # Every test makes its own topics under a random prefix. Left in place they
 # add up across sessions, and a broker with tens of thousands of partitions
 # runs out of file descriptors. Whatever is not under the stack's own prefix
-# is deleted at the start and end of a session, but only by a session that
+# (or a running benchmark's, ``bench<run id>.``) is deleted at the start and end of a session, but only by a session that
 # runs alone: each session holds a shared lock on a file of the state dir, and
 # purges only when it can take that lock exclusively.
 
@@ -83,7 +83,9 @@ def _purge_test_topics(settings: Settings) -> None:
             topics = [
                 name
                 for name in await admin.list_topics()
-                if not name.startswith((settings.topic_prefix, "__"))
+                # Benchmarks run beside tests on the same broker and delete
+                # their own topics at the end.
+                if not name.startswith((settings.topic_prefix, "__", "bench"))
             ]
             for start in range(0, len(topics), 500):
                 await admin.delete_topics(topics[start : start + 500])
