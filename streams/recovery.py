@@ -21,15 +21,24 @@ next depends on the partition:
 Here the seek comes first, while the source partitions are still paused, and
 they are resumed once the streams accept records again. Everything else is
 Faust's own sequence.
+
+The changelog highwaters recovery reads up to are asked of the broker
+(ListOffsets; read_committed, so the last stable offset). Faust takes them
+from the consumer's last fetch response, which a partition just assigned has
+not had yet: -1, "nothing to restore", and on a rebalance between two
+workers a ``ConsistencyError`` (the table's offset above -1) that crashed the
+worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any, cast
 
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
+from faust.types import TP, ConsumerT
 
 
 class SeekFirstRecovery(Recovery):
@@ -74,6 +83,31 @@ class SeekFirstRecovery(Recovery):
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
+
+    async def _build_highwaters(
+        self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        """Faust's, with the offsets asked of the broker (see the module docstring)."""
+        ends = await end_offsets(consumer, tps)
+        # Faust's convention: the offset of the last record, -1 when empty.
+        highwaters = {tp: -1 if (end := ends.get(tp)) is None else end - 1 for tp in tps}
+        self.log.info(
+            "Highwater for %s changelog partitions:\n%s",
+            title,
+            self._highwater_logtable(highwaters, title=title),
+        )
+        destination.clear()
+        destination.update(highwaters)
+
+
+async def end_offsets(consumer: ConsumerT, tps: set[TP]) -> dict[TP, int | None]:
+    """Each partition's end offset by a ListOffsets request, in the consumer's isolation level."""
+    if not tps:
+        return {}
+    thread: Any = cast(Any, consumer)._thread
+    partitions = sorted(tps)
+    found = await thread.call_thread(thread._ensure_consumer().end_offsets, partitions)
+    return {tp: found.get(tp) for tp in partitions}
 
 
 class SeekFirstTableManager(TableManager):

@@ -9,6 +9,9 @@ restart tests against Kafka show the loss end to end).
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 import faust
 from faust.tables.manager import TableManager
 from faust.types import TP
@@ -81,3 +84,40 @@ async def test_faust_own_recovery_still_resumes_first() -> None:
     consumer = await _finish_recovery(TableManager)
     names = [name for name, _ in consumer.calls]
     assert names.index("resume") < names.index("seek"), consumer.calls
+
+
+class EndOffsetsThread:
+    """Stands in for Faust's consumer thread: end offsets by request, no fetch state."""
+
+    def __init__(self, ends: dict[TP, int]) -> None:
+        self.ends = ends
+        self.asked: list[list[TP]] = []
+
+    def _ensure_consumer(self) -> EndOffsetsThread:
+        return self
+
+    async def end_offsets(self, partitions: list[TP]) -> dict[TP, int]:
+        self.asked.append(partitions)
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def call_thread(self, method: Any, *args: Any) -> Any:
+        return await method(*args)
+
+    def last_stable_offset(self, tp: TP) -> None:
+        return None  # a partition just assigned: nothing fetched yet
+
+
+async def test_changelog_highwaters_are_asked_of_the_broker() -> None:
+    app = faust.App("recovery-hw", store="memory://", TableManager=SeekFirstTableManager)
+    recovery = app.tables.recovery
+    changelog = [TP("payments-changelog", 0), TP("payments-changelog", 1)]
+    thread = EndOffsetsThread({changelog[0]: 68, changelog[1]: 0})
+
+    class Consumer:
+        _thread = thread
+
+    highwaters: Counter[TP] = Counter()
+    await recovery._build_highwaters(Consumer(), set(changelog), highwaters, "active")  # type: ignore[arg-type]
+    # Faust's convention: the offset of the last record; -1 for an empty partition.
+    assert dict(highwaters) == {changelog[0]: 67, changelog[1]: -1}
+    assert thread.asked == [sorted(changelog)]
