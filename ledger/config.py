@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     # ingress's query API reads: a lower-case identifier, never public or pg_*.
     projections_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "projections"
 
+    # Anchoring: the Merkle log over the ledger topics and its checkpoints.
+    # The Postgres schema of the log (leaves, tree nodes, positions, checkpoints).
+    anchoring_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "anchoring"
+    # The log's name: the first line of every checkpoint and the name of its
+    # signature lines (a C2SP origin: no spaces or plus signs).
+    anchoring_origin: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/:-]{1,255}$")] = (
+        "payledger.local/ledger"
+    )
+    # A checkpoint is made once this many leaves were appended since the last
+    # one, or once this many seconds passed since it, whichever comes first;
+    # never when the log did not grow.
+    anchoring_checkpoint_every_events: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
+    anchoring_checkpoint_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    # Most records appended in one Postgres transaction.
+    anchoring_batch_records: Annotated[int, Field(ge=1, le=10_000)] = 500
+
     # HTTP ingress (also serves the built-in schema registry's read API).
     http_host: str = "127.0.0.1"
     http_port: Port = 18080
@@ -160,6 +176,44 @@ class Settings(BaseSettings):
     )
     coinbase_mock_port: Port = 14020
 
+    # IPFS: checkpoints and leaf bundles go to a Kubo node's HTTP RPC. Unset,
+    # the local Kubo (built with `go install` at kubo_version, run offline with
+    # its repo under the state dir); set, any Kubo RPC base URL.
+    ipfs_api_url: (
+        Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*[^\s?#/])?$")] | None
+    ) = None
+    # Deadline of one RPC call (one block put, one pin, one read).
+    ipfs_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    kubo_version: Annotated[str, Field(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+$")] = "v0.43.0"
+    kubo_api_host: str = "127.0.0.1"
+    kubo_api_port: Port = 15001
+
+    # Bitcoin timestamps (OpenTimestamps). Direct mode commits each digest in
+    # an OP_RETURN output of a transaction the anchoring worker signs and
+    # mines on a btcd node in regtest (built with `go install`). The calendar
+    # client submits digests to public OpenTimestamps calendars: none by
+    # default, as they need the internet.
+    btcd_version: Annotated[str, Field(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+$")] = "v0.26.2"
+    btcd_host: str = "127.0.0.1"
+    btcd_rpc_port: Port = 18334
+    btcd_rpc_user: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "payledger"
+    btcd_rpc_password: Annotated[SecretStr, Field(min_length=8)] = SecretStr("payledger-dev-btcd")
+    btcd_rpc_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    # Fee of one stamping transaction (about 235 bytes); btcd relays from 1 sat/byte.
+    btcd_stamp_fee_sat: Annotated[int, Field(ge=1_000, le=1_000_000)] = 5_000
+    ots_direct_enabled: bool = False
+    ots_calendar_urls: list[
+        Annotated[
+            str, Field(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._/-]*)?$")
+        ]
+    ] = Field(default_factory=list)
+    # How many calendars must accept a digest for the submission to count.
+    ots_calendar_quorum: Annotated[int, Field(ge=1, le=16)] = 1
+    ots_calendar_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # How often pending calendar proofs are asked for their Bitcoin attestation;
+    # calendars commit to Bitcoin every few hours.
+    ots_upgrade_interval_s: Annotated[int, Field(ge=1, le=7 * 86_400)] = 3_600
+
     # Schema registry: the built-in file-backed one unless an external URL is given.
     schema_registry_url: str | None = None
 
@@ -183,7 +237,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("projections_schema")
+    @field_validator("projections_schema", "anchoring_schema")
     @classmethod
     def _not_a_system_schema(cls, value: str) -> str:
         if value.startswith("pg_") or value in ("public", "information_schema"):
@@ -206,6 +260,12 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError("must be an http:// or https:// base URL without query or fragment")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _ots_consistent(self) -> Settings:
+        if self.ots_calendar_urls and self.ots_calendar_quorum > len(self.ots_calendar_urls):
+            raise ValueError("ots_calendar_quorum cannot exceed the number of ots_calendar_urls")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
