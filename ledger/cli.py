@@ -19,6 +19,7 @@ def main() -> None:
 
 
 def _register_groups() -> None:
+    from anchoring.commands import anchoring_group
     from ingress.commands import gdpr
     from ingress.merchants import merchants
     from ledger.commands import keys, run
@@ -33,6 +34,7 @@ def _register_groups() -> None:
     main.add_command(merchants)
     main.add_command(gdpr)
     main.add_command(projections_group)
+    main.add_command(anchoring_group)
 
 
 _register_groups()
