@@ -3,18 +3,18 @@
 What is published for each checkpoint, and how an auditor checks it::
 
     checkpoint  the signed note text, UTF-8, as a UnixFS file
-    bundle      the bytes of ``anchoring.bundle.LeafBundle`` (the leaves the
+    bundle      the bytes of ``ledger.tlog.bundle.LeafBundle`` (the leaves the
                 checkpoint added), as a UnixFS file
 
-Both use the layout of ``anchoring.cid``: CIDv1, sha2-256, raw leaves of
+Both use the layout of ``ledger.tlog.cid``: CIDv1, sha2-256, raw leaves of
 256 KiB under dag-pb nodes of at most 174 links. A checkpoint always fits in
 one block, so its CID is the raw CID of the text itself (``bafkrei...``,
 which is sha2-256 of the text). To audit, fetch each CID with any IPFS client
 (``ipfs cat <cid>``, or a gateway's ``/ipfs/<cid>``), recompute the CID from
-the bytes (``anchoring.cid.file_dag``, or ``ipfs add --only-hash
+the bytes (``ledger.tlog.cid.file_dag``, or ``ipfs add --only-hash
 --cid-version=1 --raw-leaves --chunker=size-262144``), decode the bundle,
 and recompute the checkpoint's root from it and the earlier bundles
-(``anchoring.bundle.root_of_bundles``).
+(``ledger.tlog.bundle.root_of_bundles``).
 
 Publishing does not trust the node. Every block goes up with ``block/put``
 under the codec this module chose, and the CID Kubo answers must equal the
@@ -24,7 +24,7 @@ CID to record. Reading back recomputes the CID of what the node returned.
 
 Errors::
 
-    AnchoringError       (anchoring.errors)
+    AnchoringError       (ledger.tlog.errors)
     └── IpfsError        the node could not be reached, answered an error or
         │                something that is not Kubo's RPC, or content over its limit
         └── CidMismatch  the node's CID, or the CID of what it returned, is not ours
@@ -39,10 +39,10 @@ from typing import Any, Final, Self
 
 import httpx
 
-from anchoring.bundle import LeafBundle
-from anchoring.cid import RAW_CODEC, Block, Cid, InvalidCid, file_dag
-from anchoring.errors import AnchoringError
 from ledger.config import Settings
+from ledger.tlog.bundle import LeafBundle
+from ledger.tlog.cid import RAW_CODEC, Block, Cid, InvalidCid, file_dag
+from ledger.tlog.errors import AnchoringError
 
 # The largest file published or read back: a full bundle (BUNDLE_LEAVES_MAX
 # leaves of at most about 470 bytes each) with room to spare.

@@ -39,11 +39,11 @@ from typing import Any, Final, LiteralString
 import psycopg
 from psycopg import sql
 
-from anchoring.errors import TreeError
-from anchoring.leaf import LeafRecord
-from anchoring.merkle import leaf_hash
-from anchoring.tree import MerkleTree
 from ledger.errors import ConfigurationError, InfrastructureError
+from ledger.tlog.errors import TreeError
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import leaf_hash
+from ledger.tlog.tree import MerkleTree
 
 Connection = psycopg.Connection[Any]
 

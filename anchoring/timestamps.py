@@ -51,9 +51,9 @@ from opentimestamps.core.serialize import (
 )
 from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp
 
-from anchoring.errors import AnchoringError
 from ledger.config import Settings
 from ledger.errors import ConfigurationError
+from ledger.tlog.errors import AnchoringError
 
 DIGEST_BYTES: Final = 32
 BLOCK_HEADER_BYTES: Final = 80

@@ -17,7 +17,7 @@ are the only truth. Kafka's committed offsets of the worker's consumer group
 lag tools see how far the log has read; the worker never reads them.
 
 **Leaves.** One per record, in the order consumed (within a partition, offset
-order): ``anchoring.leaf.LeafRecord`` of the topic, partition, offset, the
+order): ``ledger.tlog.leaf.LeafRecord`` of the topic, partition, offset, the
 envelope's event id and SHA-256 of the value. The event id comes from
 decoding the envelope without checking its signature: the log commits to what
 the topics hold, valid or not (verifying is the auditor's and the
@@ -61,17 +61,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from anchoring import pgstore
-from anchoring.keys import AnchoringKey, load_or_create_anchoring_key
-from anchoring.leaf import LeafRecord
 from anchoring.pgstore import UNAVAILABLE, PostgresTreeStore, StoredCheckpoint
 from anchoring.publication import CheckpointEncoder
-from anchoring.tree import MerkleTree
 from anchoring.writer import Cadence, CheckpointHook, Clock, LogView, LogWriter
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
 from ledger.errors import InfrastructureError, InvalidEnvelope
 from ledger.publisher import producer_options
 from ledger.registry import open_registry
+from ledger.tlog.keys import AnchoringKey, load_or_create_anchoring_key
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.tree import MerkleTree
 from ledger.topics import TopicRole, topic_name
 
 log = logging.getLogger(__name__)

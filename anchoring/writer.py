@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from anchoring.checkpoint import Checkpoint, sign_checkpoint, verify_log_growth
-from anchoring.errors import AnchoringError
-from anchoring.keys import AnchoringKey
-from anchoring.leaf import LeafRecord
-from anchoring.merkle import EMPTY_ROOT
 from anchoring.pgstore import Position, StoredCheckpoint, positions_past
-from anchoring.tree import MerkleTree
+from ledger.tlog.checkpoint import Checkpoint, sign_checkpoint, verify_log_growth
+from ledger.tlog.errors import AnchoringError
+from ledger.tlog.keys import AnchoringKey
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import EMPTY_ROOT
+from ledger.tlog.tree import MerkleTree
 
 Clock = Callable[[], float]
 

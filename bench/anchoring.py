@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent))
 
-from anchoring.leaf import LeafRecord
-from anchoring.merkle import verify_consistency, verify_inclusion
-from anchoring.tree import MerkleTree
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import verify_consistency, verify_inclusion
+from ledger.tlog.tree import MerkleTree
 
 REPEATS = 3
 

@@ -13,15 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from anchoring.bundle import LeafBundle, root_of_bundles
-from anchoring.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
-from anchoring.cid import CHUNK_BYTES, DAG_PB_CODEC, RAW_CODEC, Cid, file_dag
 from anchoring.ipfs import CidMismatch, IpfsError, KuboClient
-from anchoring.keys import AnchoringKey
-from anchoring.leaf import LeafRecord
-from anchoring.tree import MerkleTree
 from ledger.config import Settings
 from ledger.signing import FileSigner
+from ledger.tlog.bundle import LeafBundle, root_of_bundles
+from ledger.tlog.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from ledger.tlog.cid import CHUNK_BYTES, DAG_PB_CODEC, RAW_CODEC, Cid, file_dag
+from ledger.tlog.keys import AnchoringKey
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.tree import MerkleTree
 from tests.support import kubo
 from tests.support.servers import serve_in_thread
 

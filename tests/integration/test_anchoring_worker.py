@@ -30,18 +30,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg import sql
 
 from anchoring import pgstore
-from anchoring.checkpoint import verify_checkpoint, verify_log_growth
-from anchoring.keys import load_or_create_anchoring_key
-from anchoring.leaf import LeafRecord
-from anchoring.merkle import EMPTY_ROOT, verify_inclusion
 from anchoring.publication import CheckpointEncoder
-from anchoring.tree import MerkleTree
 from anchoring.worker import UNDECODABLE_EVENT_ID, Worker, leaf_of, ledger_topics
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
 from ledger.envelope import Envelope
 from ledger.keystore import ActiveSigner, KeyStore
 from ledger.registry import FileSchemaRegistry
+from ledger.tlog.checkpoint import verify_checkpoint, verify_log_growth
+from ledger.tlog.keys import load_or_create_anchoring_key
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import EMPTY_ROOT, verify_inclusion
+from ledger.tlog.tree import MerkleTree
 from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
 from streams.publisher import Published, kafka_publisher

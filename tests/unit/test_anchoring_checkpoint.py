@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from anchoring.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint, verify_log_growth
-from anchoring.errors import InvalidNote, InvalidProof
-from anchoring.keys import (
+from ledger.config import Settings
+from ledger.errors import ConfigurationError
+from ledger.signing import FileSigner
+from ledger.tlog.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint, verify_log_growth
+from ledger.tlog.errors import InvalidNote, InvalidProof
+from ledger.tlog.keys import (
     AnchoringKey,
     AnchoringPublicKey,
     load_anchoring_public_key,
     load_or_create_anchoring_key,
 )
-from anchoring.merkle import EMPTY_ROOT
-from anchoring.note import (
+from ledger.tlog.merkle import EMPTY_ROOT
+from ledger.tlog.note import (
     Ed25519NoteSigner,
     Ed25519NoteVerifier,
     MLDSA87NoteSigner,
@@ -27,10 +30,7 @@ from anchoring.note import (
     parse_note,
     sign_note,
 )
-from anchoring.tree import MerkleTree
-from ledger.config import Settings
-from ledger.errors import ConfigurationError
-from ledger.signing import FileSigner
+from ledger.tlog.tree import MerkleTree
 
 ORIGIN = "ledger.payledger.test/log"
 ROOT = hashlib.sha256(b"some root").digest()

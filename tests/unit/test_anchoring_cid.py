@@ -15,8 +15,8 @@ import hashlib
 
 import pytest
 
-from anchoring.bundle import BUNDLE_TAG, LeafBundle, root_of_bundles
-from anchoring.cid import (
+from ledger.tlog.bundle import BUNDLE_TAG, LeafBundle, root_of_bundles
+from ledger.tlog.cid import (
     CHUNK_BYTES,
     DAG_PB_CODEC,
     RAW_CODEC,
@@ -26,9 +26,9 @@ from anchoring.cid import (
     read_varint,
     varint,
 )
-from anchoring.errors import InvalidProof
-from anchoring.leaf import LeafRecord
-from anchoring.tree import MerkleTree
+from ledger.tlog.errors import InvalidProof
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.tree import MerkleTree
 
 HELLO_WORLD_CID = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
 EMPTY_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from anchoring.errors import InvalidProof, TreeError
-from anchoring.leaf import LEAF_TAG, LeafRecord
-from anchoring.merkle import EMPTY_ROOT, leaf_hash, verify_consistency, verify_inclusion
-from anchoring.store import MemoryTreeStore
-from anchoring.tree import MerkleTree
 from ledger.errors import EncodingError
+from ledger.tlog.errors import InvalidProof, TreeError
+from ledger.tlog.leaf import LEAF_TAG, LeafRecord
+from ledger.tlog.merkle import EMPTY_ROOT, leaf_hash, verify_consistency, verify_inclusion
+from ledger.tlog.store import MemoryTreeStore
+from ledger.tlog.tree import MerkleTree
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "merkle-rfc6962.json"
 SIZE_MAX = 64

@@ -14,10 +14,6 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from anchoring.checkpoint import verify_checkpoint, verify_log_growth
-from anchoring.errors import AnchoringError, InvalidProof
-from anchoring.leaf import LeafRecord
-from anchoring.merkle import EMPTY_ROOT, leaf_hash, verify_inclusion
 from anchoring.pgstore import Position, StoredCheckpoint, check_schema_name, positions_past
 from anchoring.publication import (
     CheckpointEncoder,
@@ -25,8 +21,6 @@ from anchoring.publication import (
     checkpoint_record,
     checkpoint_schema_text,
 )
-from anchoring.store import MemoryTreeStore
-from anchoring.tree import MerkleTree
 from anchoring.worker import UNDECODABLE_EVENT_ID, leaf_of, ledger_topics
 from anchoring.writer import Cadence, LogWriter
 from ledger import schemas
@@ -35,6 +29,12 @@ from ledger.config import Settings
 from ledger.errors import ConfigurationError
 from ledger.registry import FileSchemaRegistry
 from ledger.signing import FileSigner
+from ledger.tlog.checkpoint import verify_checkpoint, verify_log_growth
+from ledger.tlog.errors import AnchoringError, InvalidProof
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import EMPTY_ROOT, leaf_hash, verify_inclusion
+from ledger.tlog.store import MemoryTreeStore
+from ledger.tlog.tree import MerkleTree
 from ledger.topics import TopicRole, topic_name
 from tests.support import events
 from tests.unit.test_anchoring_checkpoint import make_key

@@ -22,8 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from anchoring.errors import InvalidNote
-from anchoring.note import (
+from ledger.config import Settings
+from ledger.errors import ConfigurationError
+from ledger.signing import FileSigner, write_secret
+from ledger.tlog.errors import InvalidNote
+from ledger.tlog.note import (
     Ed25519NoteSigner,
     Ed25519NoteVerifier,
     MLDSA87NoteSigner,
@@ -32,9 +35,6 @@ from anchoring.note import (
     NoteVerifier,
     check_key_name,
 )
-from ledger.config import Settings
-from ledger.errors import ConfigurationError
-from ledger.signing import FileSigner, write_secret
 
 ED25519_SEED_FILE = "anchoring-ed25519.seed"
 MLDSA87_SEED_FILE = "anchoring-mldsa87.seed"

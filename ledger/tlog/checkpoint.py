@@ -8,7 +8,7 @@ A checkpoint's note text::
     [<extension line>\\n ...]   optional, non-empty; payledger writes none
 
 followed by a blank line and two signature lines under the origin's name:
-Ed25519 first, then ML-DSA-87 (see ``anchoring.note``). ``verify_checkpoint``
+Ed25519 first, then ML-DSA-87 (see ``ledger.tlog.note``). ``verify_checkpoint``
 accepts a checkpoint only when both verify: forging one needs both schemes
 broken. ``verify_log_growth`` checks the consistency proof between the
 previous checkpoint and a new one, so an auditor following checkpoints knows
@@ -23,11 +23,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anchoring import limits
-from anchoring.errors import InvalidNote, InvalidProof
-from anchoring.keys import AnchoringKey, AnchoringPublicKey
-from anchoring.merkle import HASH_BYTES, verify_consistency
-from anchoring.note import open_note, sign_note
+from ledger.tlog import limits
+from ledger.tlog.errors import InvalidNote, InvalidProof
+from ledger.tlog.keys import AnchoringKey, AnchoringPublicKey
+from ledger.tlog.merkle import HASH_BYTES, verify_consistency
+from ledger.tlog.note import open_note, sign_note
 
 _SIZE = re.compile(r"0|[1-9][0-9]*")
 _CONTROL = re.compile("[\x00-\x1f]")

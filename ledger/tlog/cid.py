@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from anchoring.errors import AnchoringError
+from ledger.tlog.errors import AnchoringError
 
 CID_VERSION: Final = 1
 RAW_CODEC: Final = 0x55

@@ -8,7 +8,7 @@ order holds every leaf and recomputes each checkpoint's root::
                  || u32be(len(origin)) || origin            UTF-8, the checkpoint's first line
                  || u32be(8)           || u64be(first index)   M
                  || u32be(8)           || u64be(count)         N - M
-                 || count times: u32be(len(leaf bytes)) || leaf bytes   (``anchoring.leaf``)
+                 || count times: u32be(len(leaf bytes)) || leaf bytes   (``ledger.tlog.leaf``)
 
 Like the leaf bytes, every field carries its length, so the bytes split one
 way only, and decoding refuses anything ``to_bytes`` would not write: a
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from anchoring import limits
-from anchoring.errors import InvalidProof
-from anchoring.leaf import LeafRecord
-from anchoring.tree import MerkleTree
+from ledger.tlog import limits
+from ledger.tlog.errors import InvalidProof
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.tree import MerkleTree
 
 BUNDLE_TAG: Final = b"payledger/anchoring/bundle/v1\x00"
 # One checkpoint's leaves: the same bound as one append to the tree, so a

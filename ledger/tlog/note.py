@@ -40,10 +40,10 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from anchoring import limits
-from anchoring.errors import InvalidNote
 from ledger.errors import InvalidEnvelope
 from ledger.signing import Signer, verify_ed25519
+from ledger.tlog import limits
+from ledger.tlog.errors import InvalidNote
 
 EM_DASH: Final = "\u2014"
 KEY_ID_BYTES: Final = 4

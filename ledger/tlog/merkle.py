@@ -6,7 +6,7 @@
 
 The verifiers follow the RFC's algorithms step by step, so an auditor can
 read them beside the text. Each returns nothing or raises ``InvalidProof``.
-Proof generation lives with the tree (``anchoring.tree``), which holds the
+Proof generation lives with the tree (``ledger.tlog.tree``), which holds the
 hashes a proof is made of.
 """
 
@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Final
 
-from anchoring import limits
-from anchoring.errors import InvalidProof
+from ledger.tlog import limits
+from ledger.tlog.errors import InvalidProof
 
 HASH_BYTES: Final = 32
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()

@@ -28,9 +28,9 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from anchoring import limits
-from anchoring.errors import InvalidProof
 from ledger.errors import EncodingError
+from ledger.tlog import limits
+from ledger.tlog.errors import InvalidProof
 
 LEAF_TAG: Final = b"payledger/anchoring/leaf/v1\x00"
 DIGEST_BYTES: Final = 32

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from anchoring.errors import TreeError
+from ledger.tlog.errors import TreeError
 
 
 class TreeStore(Protocol):

@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from anchoring import limits
-from anchoring.errors import TreeError
-from anchoring.merkle import EMPTY_ROOT, HASH_BYTES, largest_power_of_two_below, node_hash
-from anchoring.store import MemoryTreeStore, TreeStore
+from ledger.tlog import limits
+from ledger.tlog.errors import TreeError
+from ledger.tlog.merkle import EMPTY_ROOT, HASH_BYTES, largest_power_of_two_below, node_hash
+from ledger.tlog.store import MemoryTreeStore, TreeStore
 
 _LEVELS = 64  # enough for TREE_SIZE_MAX leaves
 
