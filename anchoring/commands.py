@@ -55,16 +55,22 @@ def migrate() -> None:
 
 @anchoring_group.command()
 def run() -> None:
-    """Append every ledger record to the log and checkpoint it, until SIGTERM or SIGINT."""
+    """Append every ledger record to the log and checkpoint it, until SIGTERM or SIGINT.
+
+    Checkpoint hooks from the settings: IPFS with PAYLEDGER_ANCHORING_IPFS_ENABLED,
+    timestamps with PAYLEDGER_OTS_DIRECT_ENABLED or PAYLEDGER_OTS_CALENDAR_URLS.
+    """
+    from anchoring.hooks import build_hooks  # noqa: PLC0415
     from anchoring.worker import run_until_signalled  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
     try:
-        totals = asyncio.run(run_until_signalled(settings))
+        totals = asyncio.run(run_until_signalled(settings, hooks=build_hooks(settings)))
     except LedgerError as error:
         raise click.ClickException(str(error)) from error
     click.echo(
         f"stopped: {totals.leaves} leaves ({totals.undecodable} undecodable) in"
-        f" {totals.batches} batches, {totals.checkpoints} checkpoints, {totals.published} published"
+        f" {totals.batches} batches, {totals.checkpoints} checkpoints,"
+        f" {totals.published} published, {totals.announced} anchored records"
     )

@@ -9,6 +9,12 @@ Tables (``sql/001_merkle_log.sql``)::
     checkpoints         tree_size, root_hash, note, previous_size, consistency_proof, ...
     checkpoint_hooks    which hook finished with which checkpoint
 
+and where each checkpoint is anchored (``sql/002_checkpoint_anchors.sql``)::
+
+    checkpoint_publications   tree_size -> checkpoint_cid, bundle_cid (IPFS)
+    checkpoint_timestamps     tree_size, revision -> digest, ots, complete
+    checkpoint_announcements  the anchored record went to the checkpoints topic
+
 A batch is appended by ``append_batch``: ONE transaction holds its leaf rows,
 every node the batch completes and the positions past its records, so after a
 crash at any point the log holds all of a batch or none of it, and resumes
@@ -196,6 +202,37 @@ def _checkpoint(row: Sequence[Any]) -> StoredCheckpoint:
         created_at,
         published_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class IpfsPublication:
+    size: int
+    checkpoint_cid: str
+    bundle_cid: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTimestamp:
+    size: int
+    revision: int  # 1 for the first proof, one more for each better one
+    digest: bytes  # SHA-256 of the signed note
+    ots: bytes
+    complete: bool  # reaches a Bitcoin block
+
+
+@dataclass(frozen=True, slots=True)
+class Anchors:
+    """What the anchored record of a checkpoint adds: its CIDs and complete proof."""
+
+    checkpoint_cid: str | None
+    bundle_cid: str | None
+    timestamp_proof: bytes | None
+    timestamp_revision: int | None
+
+
+def _timestamp(row: Sequence[Any]) -> StoredTimestamp:
+    size, revision, digest, ots, complete = row
+    return StoredTimestamp(size, revision, bytes(digest), bytes(ots), complete)
 
 
 # The store -------------------------------------------------------------------
@@ -403,6 +440,119 @@ class PostgresTreeStore:
             "INSERT INTO checkpoint_hooks (hook, tree_size) VALUES (%s, %s) ON CONFLICT DO NOTHING",
             (hook, size),
         )
+
+    # Anchors -----------------------------------------------------------------
+
+    def publication(self, size: int) -> IpfsPublication | None:
+        row = self._connection.execute(
+            "SELECT checkpoint_cid, bundle_cid FROM checkpoint_publications WHERE tree_size = %s",
+            (size,),
+        ).fetchone()
+        return None if row is None else IpfsPublication(size, row[0], row[1])
+
+    def add_publication(self, size: int, checkpoint_cid: str, bundle_cid: str) -> IpfsPublication:
+        """Record the CIDs of a checkpoint; returns what is stored (an earlier row wins)."""
+        self._connection.execute(
+            "INSERT INTO checkpoint_publications (tree_size, checkpoint_cid, bundle_cid)"
+            " VALUES (%s, %s, %s) ON CONFLICT (tree_size) DO NOTHING",
+            (size, checkpoint_cid, bundle_cid),
+        )
+        stored = self.publication(size)
+        assert stored is not None
+        return stored
+
+    def timestamp(self, size: int) -> StoredTimestamp | None:
+        """The newest proof of a checkpoint."""
+        row = self._connection.execute(
+            "SELECT tree_size, revision, digest, ots, complete FROM checkpoint_timestamps"
+            " WHERE tree_size = %s ORDER BY revision DESC LIMIT 1",
+            (size,),
+        ).fetchone()
+        return None if row is None else _timestamp(row)
+
+    def add_timestamp(
+        self, size: int, digest: bytes, ots: bytes, complete: bool
+    ) -> StoredTimestamp:
+        """Store a proof as the checkpoint's newest, unless it is the newest already."""
+        with self._connection.transaction():
+            self._connection.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (LOCK_CLASS, f"timestamps:{self._schema}"),
+            )
+            latest = self.timestamp(size)
+            if latest is not None:
+                if latest.digest != digest:
+                    raise TreeError(f"checkpoint {size} was stamped with another digest")
+                if latest.ots == ots:
+                    return latest
+            revision = 1 if latest is None else latest.revision + 1
+            self._connection.execute(
+                "INSERT INTO checkpoint_timestamps (tree_size, revision, digest, ots, complete)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (size, revision, digest, ots, complete),
+            )
+        return StoredTimestamp(size, revision, digest, ots, complete)
+
+    def pending_timestamps(self) -> list[StoredTimestamp]:
+        """The checkpoints whose newest proof is not complete yet, smallest first."""
+        rows = self._connection.execute(
+            "SELECT DISTINCT ON (tree_size) tree_size, revision, digest, ots, complete"
+            " FROM checkpoint_timestamps ORDER BY tree_size, revision DESC"
+        ).fetchall()
+        return [stamp for stamp in map(_timestamp, rows) if not stamp.complete]
+
+    def anchored_unannounced(
+        self, *, cids: bool, timestamp: bool, limit: int = 100
+    ) -> list[tuple[StoredCheckpoint, Anchors]]:
+        """Published checkpoints with every anchor asked for, not announced yet; smallest first.
+
+        ``cids``: only those with their IPFS CIDs; ``timestamp``: only those
+        with a complete proof. With neither, none: there is nothing to announce.
+        """
+        if not (cids or timestamp):
+            return []
+        found = self._checkpoints(
+            "WHERE published_at IS NOT NULL"
+            " AND NOT EXISTS (SELECT FROM checkpoint_announcements AS a"
+            " WHERE a.tree_size = checkpoints.tree_size)"
+            " AND (NOT %s OR EXISTS (SELECT FROM checkpoint_publications AS p"
+            " WHERE p.tree_size = checkpoints.tree_size))"
+            " AND (NOT %s OR EXISTS (SELECT FROM checkpoint_timestamps AS t"
+            " WHERE t.tree_size = checkpoints.tree_size AND t.complete))"
+            " ORDER BY tree_size LIMIT %s",
+            cids,
+            timestamp,
+            limit,
+        )
+        anchored = []
+        for checkpoint in found:
+            publication = self.publication(checkpoint.size)
+            stamp = self.timestamp(checkpoint.size)
+            anchored.append(
+                (
+                    checkpoint,
+                    Anchors(
+                        None if publication is None else publication.checkpoint_cid,
+                        None if publication is None else publication.bundle_cid,
+                        None if stamp is None or not stamp.complete else stamp.ots,
+                        None if stamp is None or not stamp.complete else stamp.revision,
+                    ),
+                )
+            )
+        return anchored
+
+    def mark_announced(self, size: int, anchors: Anchors) -> None:
+        self._connection.execute(
+            "INSERT INTO checkpoint_announcements (tree_size, checkpoint_cid, bundle_cid,"
+            " timestamp_revision) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (size, anchors.checkpoint_cid, anchors.bundle_cid, anchors.timestamp_revision),
+        )
+
+    def announced(self, size: int) -> bool:
+        row = self._connection.execute(
+            "SELECT 1 FROM checkpoint_announcements WHERE tree_size = %s", (size,)
+        ).fetchone()
+        return row is not None
 
     # Internals ---------------------------------------------------------------
 

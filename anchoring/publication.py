@@ -7,7 +7,9 @@ binary), its schema registered under the topic's value subject, so standard
 Avro consumers read it; its key is the tree size in ASCII decimal. The event
 id is derived from the origin and the size, so publishing a checkpoint again
 (a retry after a crash) gives the very same record; a later record for the
-same size may add the IPFS CIDs and timestamp proof (optional fields).
+same size adds the IPFS CIDs and timestamp proof (optional fields): the
+anchored record, published once the checkpoint's hooks stored them, with an
+event id of its own (``anchored_event_id``), as deterministic as the first.
 
 The schema is the ``io.payledger.Checkpoint.avsc`` of the newest version
 directory of ``schemas/`` that holds one.
@@ -24,7 +26,7 @@ from typing import Any, Final
 import fastavro
 import fastavro.schema
 
-from anchoring.pgstore import StoredCheckpoint
+from anchoring.pgstore import Anchors, StoredCheckpoint
 from ledger import schemas
 from ledger.cloudevents import CONTENT_TYPE, SPEC_VERSION, TraceContext
 from ledger.codec import HEADER, MAGIC
@@ -54,9 +56,20 @@ def checkpoint_event_id(origin: str, size: int) -> str:
     return derived_event_id("anchoring.checkpoint", origin, str(size))
 
 
-def checkpoint_record(stored: StoredCheckpoint) -> dict[str, Any]:
+def anchored_event_id(origin: str, size: int) -> str:
+    return derived_event_id("anchoring.checkpoint", origin, str(size), "anchored")
+
+
+def record_event_id(stored: StoredCheckpoint, anchors: Anchors | None) -> str:
+    if anchors is None:
+        return checkpoint_event_id(stored.origin, stored.size)
+    return anchored_event_id(stored.origin, stored.size)
+
+
+def checkpoint_record(stored: StoredCheckpoint, anchors: Anchors | None = None) -> dict[str, Any]:
+    """The record of a checkpoint; with ``anchors``, the anchored record."""
     return {
-        "event_id": checkpoint_event_id(stored.origin, stored.size),
+        "event_id": record_event_id(stored, anchors),
         "origin": stored.origin,
         "tree_size": stored.size,
         "root_hash": stored.root_hash,
@@ -64,9 +77,9 @@ def checkpoint_record(stored: StoredCheckpoint) -> dict[str, Any]:
         "previous_size": stored.previous_size,
         "consistency_proof": list(stored.consistency_proof),
         "created_at": stored.created_at,
-        "checkpoint_cid": None,
-        "bundle_cid": None,
-        "timestamp_proof": None,
+        "checkpoint_cid": None if anchors is None else anchors.checkpoint_cid,
+        "bundle_cid": None if anchors is None else anchors.bundle_cid,
+        "timestamp_proof": None if anchors is None else anchors.timestamp_proof,
     }
 
 
@@ -84,12 +97,12 @@ class CheckpointEncoder:
     def parsed_schema(self) -> Any:
         return self._parsed
 
-    def encode(self, stored: StoredCheckpoint) -> bytes:
+    def encode(self, stored: StoredCheckpoint, anchors: Anchors | None = None) -> bytes:
         if self._schema_id is None:
             self._schema_id = self._registry.register(value_subject(self._topic), self._text)
         buffer = io.BytesIO()
         buffer.write(HEADER.pack(MAGIC, self._schema_id))
-        fastavro.schemaless_writer(buffer, self._parsed, checkpoint_record(stored))
+        fastavro.schemaless_writer(buffer, self._parsed, checkpoint_record(stored, anchors))
         return buffer.getvalue()
 
     def decode(self, wire: bytes) -> dict[str, Any]:
@@ -105,12 +118,14 @@ class CheckpointEncoder:
             raise SchemaError("a checkpoint decodes to a record")
         return record
 
-    def headers(self, stored: StoredCheckpoint) -> list[tuple[str, bytes]]:
+    def headers(
+        self, stored: StoredCheckpoint, anchors: Anchors | None = None
+    ) -> list[tuple[str, bytes]]:
         """CloudEvents binary-mode headers, as on every payledger record."""
         moment = stored.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return [
             ("ce_specversion", SPEC_VERSION),
-            ("ce_id", checkpoint_event_id(stored.origin, stored.size).encode("ascii")),
+            ("ce_id", record_event_id(stored, anchors).encode("ascii")),
             ("ce_type", EVENT_TYPE.encode()),
             ("ce_source", SOURCE.encode()),
             ("ce_time", moment.encode("ascii")),

@@ -41,6 +41,15 @@ against the previous one with its consistency proof, and stored; then
 published on the checkpoints topic in a Kafka transaction (``publication``),
 then handed to each ``CheckpointHook`` (IPFS, timestamps), each of which is
 recorded in Postgres once it finished, and retried until it does.
+
+**Anchored records.** With the IPFS hook, the timestamp hook or both
+(``anchoring.hooks``), a checkpoint whose CIDs and complete proof are stored
+is published again on the checkpoints topic, same key, with those fields
+filled and an event id of its own (``publication.anchored_event_id``), then
+recorded as announced (``checkpoint_announcements``), in a Kafka
+transaction like the first record. A crash between the two publishes it
+again, with the same key and event id. Hooks with scheduled
+work (upgrading pending proofs) are ticked every ``hooks.TICK_S``.
 """
 
 from __future__ import annotations
@@ -61,7 +70,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from anchoring import pgstore
-from anchoring.pgstore import UNAVAILABLE, PostgresTreeStore, StoredCheckpoint
+from anchoring.hooks import IPFS_HOOK, TICK_S, TIMESTAMP_HOOK, PeriodicHook, close_hooks
+from anchoring.pgstore import UNAVAILABLE, Anchors, PostgresTreeStore, StoredCheckpoint
 from anchoring.publication import CheckpointEncoder
 from anchoring.writer import Cadence, CheckpointHook, Clock, LogView, LogWriter
 from ledger.codec import EnvelopeCodec
@@ -134,6 +144,7 @@ class Totals:
     undecodable: int = 0
     checkpoints: int = 0
     published: int = 0
+    announced: int = 0
     retries: int = 0
 
 
@@ -157,6 +168,11 @@ class Worker:
         self._checkpoints_topic = topic_name(settings, TopicRole.CHECKPOINTS)
         self._stop = asyncio.Event()
         self._hooks_wanted = asyncio.Event()
+        # Set when a hook stored something: anchored records may be due.
+        self._announce_wanted = True
+        names = {hook.name for hook in self._hooks}
+        self._announce_cids = IPFS_HOOK in names
+        self._announce_timestamp = TIMESTAMP_HOOK in names
         # Postgres, the tree, decoding and signing run on this one thread, in order.
         self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anchoring-db")
         self._store: PostgresTreeStore | None = None
@@ -223,7 +239,7 @@ class Worker:
         publish_attempt = 0
         unpublished = True  # checkpoints stored by an earlier run may wait
         while not self._stop.is_set():
-            if unpublished:
+            if unpublished or self._announce_wanted:
                 if await self._publish_pending(producer, encoder):
                     unpublished, publish_attempt = False, 0
                 else:
@@ -251,7 +267,7 @@ class Worker:
                 log.info("checkpoint at tree size %d", stored.size)
             self.totals.checkpoints += len(made)
             unpublished = unpublished or bool(made)
-        if unpublished:
+        if unpublished or self._announce_wanted:
             # The checkpoints of the last batch, once, before the process exits.
             await self._publish_pending(producer, encoder)
 
@@ -290,6 +306,40 @@ class Worker:
             self.totals.published += 1
         if pending:
             self._hooks_wanted.set()
+        return await self._announce_pending(producer, encoder)
+
+    async def _announce_pending(
+        self, producer: AIOKafkaProducer, encoder: CheckpointEncoder
+    ) -> bool:
+        """Publish the anchored record of every checkpoint anchored since; False on failure."""
+        if not self._announce_wanted:
+            return True
+        # Cleared before reading: a hook that stores something meanwhile sets it again.
+        self._announce_wanted = False
+        try:
+            anchored = await self._db(self._anchored)
+        except UNAVAILABLE as error:
+            log.warning("cannot read the anchored checkpoints: %r", error)
+            self._announce_wanted = True
+            return False
+        for stored, anchors in anchored:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S), producer.transaction():
+                    await producer.send_and_wait(
+                        self._checkpoints_topic,
+                        encoder.encode(stored, anchors),
+                        key=str(stored.size).encode(),
+                        headers=encoder.headers(stored, anchors),
+                    )
+                await self._db(self._mark_announced, stored.size, anchors)
+            except (KafkaError, TimeoutError, *UNAVAILABLE) as error:
+                # Announced again later, under the same event id.
+                log.warning("anchored checkpoint %d not announced: %r", stored.size, error)
+                self._announce_wanted = True
+                return False
+            self.totals.announced += 1
+        if len(anchored) >= HOOK_BATCH_MAX:
+            self._announce_wanted = True  # more may wait
         return True
 
     # Hooks ---------------------------------------------------------------------
@@ -298,16 +348,23 @@ class Worker:
         """Offer each hook the published checkpoints it has not finished with, until cancelled."""
         view = _View(self)
         attempt = 0
+        periodic = [hook for hook in self._hooks if isinstance(hook, PeriodicHook)]
         while True:
             self._hooks_wanted.clear()
             failed = False
             for hook in self._hooks:
                 failed = not await self._run_hook(hook, view) or failed
+            for hook in periodic:
+                try:
+                    if await hook.tick():
+                        self._announce_wanted = True
+                except Exception:
+                    log.exception("hook %s failed its scheduled work", hook.name)
+                    failed = True
             attempt = attempt + 1 if failed else 0
+            timeout = backoff_s(attempt) if failed else (TICK_S if periodic else None)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._hooks_wanted.wait(), timeout=backoff_s(attempt) if failed else None
-                )
+                await asyncio.wait_for(self._hooks_wanted.wait(), timeout=timeout)
 
     async def _run_hook(self, hook: CheckpointHook, view: LogView) -> bool:
         try:
@@ -318,6 +375,7 @@ class Worker:
             try:
                 await hook.checkpoint_stored(stored, view)
                 await self._db(self._hook_done, hook.name, stored.size)
+                self._announce_wanted = True
             except Exception:
                 # A hook is a plug-in: whatever it raises, it is offered the
                 # checkpoint again later, and the log goes on meanwhile.
@@ -456,6 +514,14 @@ class Worker:
     def _hook_done(self, hook: str, size: int) -> None:
         self._opened()[0].mark_hook_done(hook, size)
 
+    def _anchored(self) -> list[tuple[StoredCheckpoint, Anchors]]:
+        return self._opened()[0].anchored_unannounced(
+            cids=self._announce_cids, timestamp=self._announce_timestamp, limit=HOOK_BATCH_MAX
+        )
+
+    def _mark_announced(self, size: int, anchors: Anchors) -> None:
+        self._opened()[0].mark_announced(size, anchors)
+
     def leaf_records(self, start: int, end: int) -> list[LeafRecord]:
         return self._opened()[0].leaf_records(start, end)
 
@@ -487,6 +553,7 @@ async def run_until_signalled(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await close_hooks(hooks)
     return worker.totals
 
 

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     anchoring_checkpoint_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
     # Most records appended in one Postgres transaction.
     anchoring_batch_records: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # Publish each checkpoint and its leaf bundle to IPFS (ipfs_api_url, or the
+    # local Kubo). Off by default: the worker then needs no Kubo. Timestamps
+    # are on when ots_direct_enabled is set or ots_calendar_urls is not empty.
+    anchoring_ipfs_enabled: bool = False
 
     # HTTP ingress (also serves the built-in schema registry's read API).
     http_host: str = "127.0.0.1"
