@@ -34,6 +34,7 @@ from ingress.ratelimit import RateLimiter
 from ingress.registry_api import error_response as registry_error_response
 from ingress.registry_api import registry_routes
 from ingress.services import Services
+from ingress.transparency import router as transparency_router
 from ingress.validation import install_validation_handlers
 from ingress.webhooks.routes import webhook_router
 from ledger.codec import EnvelopeCodec
@@ -166,6 +167,7 @@ def create_app(
     app.add_api_route("/metrics", prometheus, methods=["GET"], tags=["operations"])
     app.include_router(payments_router)
     app.include_router(queries_router)
+    app.include_router(transparency_router)
     _include_webhooks(app, settings, clock)
     for route in registry_routes(registry):
         app.router.routes.append(route)

@@ -72,6 +72,7 @@ from schemathesis.core.failures import FailureGroup, as_reported_failure
 from schemathesis.core.result import Err
 from schemathesis.pytest.lazy import get_all_tests
 
+from anchoring.pgstore import migrate as migrate_anchoring
 from ingress.app import create_app
 from ingress.merchants import add_api_key, create_merchant
 from ledger import limits
@@ -157,6 +158,8 @@ def _settings(tmp_path: Path) -> Settings:
         state_dir=tmp_path,
         # The query routes read a projections schema of this module's own.
         projections_schema=f"fuzz_{uuid.uuid4().hex[:10]}",
+        # The transparency routes read an (empty) anchoring log of its own.
+        anchoring_schema=f"fuzzlog_{uuid.uuid4().hex[:10]}",
         # The fuzzing merchant must not be throttled into a wall of 429s.
         rate_limit_per_s=limits.RATE_LIMIT_PER_S_CEILING,
         rate_limit_burst=limits.RATE_LIMIT_BURST_CEILING,
@@ -176,6 +179,8 @@ def live(
     settings = _settings(tmp_path_factory.mktemp("fuzz"))
     assert asyncio.run(provision_topics(settings)).ok
     asyncio.run(migrate_projections(settings.dsn(), settings.projections_schema))
+    with psycopg.connect(settings.dsn(), autocommit=True) as connection:
+        migrate_anchoring(connection, settings.anchoring_schema)
     request.addfinalizer(lambda: _drop_schema(settings))
     merchant_id = f"m_fuzz_{uuid.uuid4().hex[:12]}"
     asyncio.run(
@@ -221,11 +226,10 @@ def live(
 
 def _drop_schema(settings: Settings) -> None:
     with psycopg.connect(settings.dsn(), autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(settings.projections_schema)
+        for schema in (settings.projections_schema, settings.anchoring_schema):
+            connection.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )
-        )
 
 
 def _report(request: pytest.FixtureRequest, state: Live) -> None:
