@@ -103,8 +103,9 @@ def run() -> None:
     (stripe-mock, the PayPal mock, the Coinbase fake: the embedded default has
     no internet) come up first; then the topics are provisioned, the signing
     keys made (once) and the active key's endorsement published, the
-    projections schema migrated; then the HTTP ingress, the stream worker and
-    the projections applier start.
+    projections and anchoring schemas migrated; then the HTTP ingress, the
+    stream worker, the projections applier and the anchoring worker (the
+    Merkle log and its signed checkpoints; IPFS and Bitcoin peers off) start.
     """
     from ledger.infra.supervisor import Supervisor
 
@@ -143,8 +144,12 @@ def run() -> None:
             supervisor.run_once(
                 "migrate", [sys.executable, "-m", "ledger.cli", "projections", "migrate"]
             )
+            supervisor.run_once(
+                "migrate", [sys.executable, "-m", "ledger.cli", "anchoring", "migrate"]
+            )
             supervisor.add_process("streams", [sys.executable, "-m", "streams.worker"])
             supervisor.add_process("projections", [sys.executable, "-m", "projections.worker"])
+            supervisor.add_process("anchoring", [sys.executable, "-m", "anchoring.worker"])
             supervisor.log(
                 "run",
                 f"ready: API at http://{settings.http_host}:{settings.http_port} "

@@ -9,6 +9,7 @@ the Postgres projection; SIGINT stops everything and frees every port.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -24,6 +25,10 @@ import psycopg
 import pytest
 
 from ledger.config import Settings
+from ledger.tlog.checkpoint import verify_checkpoint
+from ledger.tlog.keys import PUBLIC_FILE, load_anchoring_public_key
+from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.merkle import leaf_hash, verify_inclusion
 
 pytestmark = pytest.mark.e2e
 
@@ -143,6 +148,38 @@ def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
             time.sleep(0.5)
     assert row == ("AWAITING_PAYMENT_METHOD", 1, 1050, "EUR"), row
     assert "create of " + payment_id in log_path.read_text(), "the worker called stripe-mock"
+    # And the anchoring worker put the payment's command in the Merkle log and
+    # signed a checkpoint covering it: the ingress proves it, and the proof and
+    # the checkpoint verify with the anchoring public key alone.
+    public_key = load_anchoring_public_key(settings.keys_dir / PUBLIC_FILE)
+    event_id = created.json()["event_id"]
+    deadline = time.monotonic() + PROJECTED_TIMEOUT_S
+    while (
+        answer := httpx.get(f"{url}/v1/proofs/events/{event_id}", timeout=10)
+    ).status_code != 200:
+        assert answer.status_code == 404, answer.text
+        assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+        time.sleep(0.5)
+    proofs = answer.json()
+    checkpoint = verify_checkpoint(proofs["checkpoint"]["note"], public_key)
+    (leaf,) = proofs["leaves"]
+    record = LeafRecord(
+        topic=leaf["leaf"]["topic"],
+        partition=leaf["leaf"]["partition"],
+        offset=leaf["leaf"]["offset"],
+        event_id=leaf["leaf"]["event_id"],
+        value_sha256=base64.b64decode(leaf["leaf"]["value_sha256"]),
+    )
+    assert (record.topic, record.event_id) == ("payledger.commands", event_id)
+    inclusion = leaf["inclusion"]
+    assert inclusion["tree_size"] == checkpoint.size
+    verify_inclusion(
+        leaf["leaf_index"],
+        checkpoint.size,
+        leaf_hash(record.to_bytes()),
+        [base64.b64decode(h) for h in inclusion["proof"]],
+        checkpoint.root_hash,
+    )
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert process.wait(timeout=STOP_TIMEOUT_S) == 0
