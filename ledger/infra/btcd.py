@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import threading
 import urllib.request
 from pathlib import Path
@@ -36,19 +35,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger.config import Settings
-from ledger.errors import ConfigurationError, InfrastructureError
+from ledger.errors import ConfigurationError
 from ledger.infra.mocks import (
     MockPart,
     MockStack,
     _hostport,
-    _read_marker,
-    _write_marker,
     go_bin_dir,
+    go_install,
+    go_installed,
 )
 from ledger.infra.part import ServerPart
 from ledger.infra.ports import PortUse
-from ledger.infra.procs import run_checked
-from ledger.limits import MOCK_INSTALL_TIMEOUT_S, MOCK_PROBE_TIMEOUT_S
+from ledger.limits import MOCK_PROBE_TIMEOUT_S
 from ledger.signing import write_secret
 
 BTCD_MODULE = "github.com/btcsuite/btcd"
@@ -114,38 +112,19 @@ def btcd_binary(settings: Settings) -> Path:
     return go_bin_dir(settings) / "btcd"
 
 
-def _btcd_marker(settings: Settings) -> Path:
-    return settings.cache_dir / "go" / "btcd.installed"
-
-
 def btcd_installed(settings: Settings) -> bool:
-    expected = f"{BTCD_MODULE}@{settings.btcd_version}\n"
-    return _read_marker(_btcd_marker(settings)) == expected and btcd_binary(settings).is_file()
+    return go_installed(settings, "btcd", BTCD_MODULE, settings.btcd_version)
 
 
 def ensure_btcd(settings: Settings) -> Path:
     """Build btcd at the pinned tag into the cache, unless it is there already."""
-    binary = btcd_binary(settings)
-    with _install_lock:
-        if btcd_installed(settings):
-            return binary
-        go = shutil.which("go")
-        if go is None:
-            raise InfrastructureError(
-                "btcd is built with `go install`, and Go is not installed; "
-                "install Go 1.23 or newer (btcd's go.mod asks for it)"
-            )
-        _btcd_marker(settings).unlink(missing_ok=True)
-        go_bin_dir(settings).mkdir(parents=True, exist_ok=True)
-        module = f"{BTCD_MODULE}@{settings.btcd_version}"
-        run_checked(
-            [go, "install", module],
-            what=f"go install {module}",
-            env={**os.environ, "GOBIN": str(go_bin_dir(settings))},
-            timeout_s=MOCK_INSTALL_TIMEOUT_S,
-        )
-        _write_marker(_btcd_marker(settings), f"{module}\n")
-        return binary
+    return go_install(
+        settings,
+        "btcd",
+        BTCD_MODULE,
+        settings.btcd_version,
+        go_needed="Go 1.23 or newer (btcd's go.mod asks for it)",
+    )
 
 
 # ---- JSON-RPC probe ---------------------------------------------------------

@@ -30,6 +30,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,7 +60,8 @@ Progress = Callable[[str], None]
 
 # Two Prism parts share one installation: the second prepare() waits for the
 # first instead of running npm into the same directory at the same time.
-_install_locks = {"stripe-mock": threading.Lock(), "prism": threading.Lock()}
+# One lock per thing installed (made on first use): parts prepare side by side.
+_install_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 def _quiet(_: str) -> None:
@@ -105,41 +107,59 @@ def stripe_mock_binary(settings: Settings) -> Path:
     return go_bin_dir(settings) / "stripe-mock"
 
 
-def _stripe_mock_marker(settings: Settings) -> Path:
-    return settings.cache_dir / "go" / "stripe-mock.installed"
-
-
 def stripe_mock_installed(settings: Settings) -> bool:
-    expected = f"{STRIPE_MOCK_MODULE}@{settings.stripe_mock_version}\n"
-    return (
-        _read_marker(_stripe_mock_marker(settings)) == expected
-        and stripe_mock_binary(settings).is_file()
-    )
+    return go_installed(settings, "stripe-mock", STRIPE_MOCK_MODULE, settings.stripe_mock_version)
 
 
 def ensure_stripe_mock(settings: Settings) -> Path:
     """Build stripe-mock at the pinned tag into the cache, unless it is there already."""
-    binary = stripe_mock_binary(settings)
-    with _install_locks["stripe-mock"]:
-        if stripe_mock_installed(settings):
-            return binary
+    return go_install(
+        settings,
+        "stripe-mock",
+        STRIPE_MOCK_MODULE,
+        settings.stripe_mock_version,
+        go_needed="Go 1.22 or newer (stripe-mock's go.mod asks for 1.22.1)",
+    )
+
+
+def go_installed(settings: Settings, binary: str, module: str, version: str) -> bool:
+    """Whether ``binary`` was built from ``module@version`` into the cache (its marker says so)."""
+    marker = settings.cache_dir / "go" / f"{binary}.installed"
+    return (
+        _read_marker(marker) == f"{module}@{version}\n"
+        and (go_bin_dir(settings) / binary).is_file()
+    )
+
+
+def go_install(
+    settings: Settings, binary: str, module: str, version: str, *, go_needed: str
+) -> Path:
+    """``go install module@version`` into the cache's Go bin dir, once; the binary's path.
+
+    A marker file names what was built, so a second run (or another clone on
+    this machine, Go's own caches being shared) does not build again.
+    """
+    path = go_bin_dir(settings) / binary
+    with _install_locks[binary]:
+        if go_installed(settings, binary, module, version):
+            return path
         go = shutil.which("go")
         if go is None:
             raise InfrastructureError(
-                "stripe-mock is built with `go install`, and Go is not installed; "
-                "install Go 1.22 or newer (stripe-mock's go.mod asks for 1.22.1)"
+                f"{binary} is built with `go install`, and Go is not installed; install {go_needed}"
             )
-        _stripe_mock_marker(settings).unlink(missing_ok=True)
+        marker = settings.cache_dir / "go" / f"{binary}.installed"
+        marker.unlink(missing_ok=True)
         go_bin_dir(settings).mkdir(parents=True, exist_ok=True)
-        module = f"{STRIPE_MOCK_MODULE}@{settings.stripe_mock_version}"
+        target = f"{module}@{version}"
         run_checked(
-            [go, "install", module],
-            what=f"go install {module}",
+            [go, "install", target],
+            what=f"go install {target}",
             env={**os.environ, "GOBIN": str(go_bin_dir(settings))},
             timeout_s=MOCK_INSTALL_TIMEOUT_S,
         )
-        _write_marker(_stripe_mock_marker(settings), f"{module}\n")
-        return binary
+        _write_marker(marker, f"{target}\n")
+        return path
 
 
 # ---- Prism: npm install -----------------------------------------------------
