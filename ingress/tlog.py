@@ -9,6 +9,13 @@ contract::
     tree_nodes   level >= 1, node_index, hash (level 0 is leaves.leaf_hash)
     checkpoints  tree_size, root_hash, origin, note, previous_size, consistency_proof, created_at
 
+and what anchors each checkpoint (migration 002; a schema migrated before it
+reads as one where nothing is anchored)::
+
+    checkpoint_publications  tree_size, checkpoint_cid, bundle_cid, published_at
+    checkpoint_timestamps    tree_size, revision, digest, ots, complete, stored_at
+                             (one row per state of the proof; the newest revision is current)
+
 Every statement here is a read. The log is append-only and a checkpoint is
 stored only once the log holds its leaves, so every node below a
 checkpoint's size is final: no snapshot isolation is needed to serve proofs.
@@ -45,6 +52,8 @@ Node = tuple[int, int]  # (level, index)
 # republished event is a second leaf, and every record that did not decode
 # shares one placeholder id: the answer must stay small whatever is asked.
 EVENT_LEAVES_MAX: Final = 16
+# The tables of migration 002, read only when the schema has them.
+ANCHOR_TABLES: Final = ("checkpoint_publications", "checkpoint_timestamps")
 
 
 # Which nodes a proof reads ----------------------------------------------------------------
@@ -154,6 +163,35 @@ class CheckpointRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TimestampRow:
+    """The current (newest) OpenTimestamps proof of a checkpoint, without its bytes."""
+
+    revision: int
+    digest: bytes  # SHA-256 of the signed note: what was stamped
+    complete: bool  # reaches a Bitcoin block; else calendars' promises only
+    stored_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorsRow:
+    """What anchors one checkpoint: its IPFS CIDs and its current timestamp, each maybe not yet."""
+
+    size: int
+    checkpoint_cid: str | None
+    bundle_cid: str | None
+    published_at: datetime | None  # when the CIDs were recorded
+    timestamp: TimestampRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampProof:
+    """The current ``.ots`` of a checkpoint."""
+
+    stamp: TimestampRow
+    ots: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LeafRow:
     index: int
     record: LeafRecord
@@ -194,6 +232,63 @@ class LogReader:
         size, root, origin, note, previous, proof, created_at = row
         return CheckpointRow(
             size, bytes(root), origin, note, previous, tuple(bytes(h) for h in proof), created_at
+        )
+
+    # Anchors --------------------------------------------------------------------------
+
+    async def has_anchor_tables(self) -> bool:
+        """Whether the schema is migrated far enough to record anchors (migration 002)."""
+        cursor = await self._connection.execute(
+            "SELECT count(*) FROM pg_catalog.pg_tables"
+            " WHERE schemaname = %s AND tablename = ANY(%s)",
+            (self._schema, list(ANCHOR_TABLES)),
+        )
+        row = await cursor.fetchone()
+        return row is not None and row[0] == len(ANCHOR_TABLES)
+
+    async def anchors(self, size: int) -> AnchorsRow:
+        """The CIDs and current timestamp of the checkpoint of ``size``, in one statement.
+
+        The caller knows the checkpoint exists. A schema without the anchor
+        tables answers as if nothing anchors it.
+        """
+        if not await self.has_anchor_tables():
+            return AnchorsRow(size, None, None, None, None)
+        statement = sql.SQL(
+            "SELECT p.checkpoint_cid, p.bundle_cid, p.published_at,"
+            " t.revision, t.digest, t.complete, t.stored_at"
+            " FROM (VALUES (%(size)s::bigint)) AS c (tree_size)"
+            " LEFT JOIN {publications} AS p ON p.tree_size = c.tree_size"
+            " LEFT JOIN LATERAL (SELECT revision, digest, complete, stored_at FROM {timestamps}"
+            " WHERE tree_size = c.tree_size ORDER BY revision DESC LIMIT 1) AS t ON true"
+        ).format(
+            publications=self._table("checkpoint_publications"),
+            timestamps=self._table("checkpoint_timestamps"),
+        )
+        cursor = await self._connection.execute(statement, {"size": size})
+        row = await cursor.fetchone()
+        assert row is not None  # one row from VALUES, whatever the joins find
+        checkpoint_cid, bundle_cid, published_at, revision, digest, complete, stored_at = row
+        stamp = (
+            None if revision is None else TimestampRow(revision, bytes(digest), complete, stored_at)
+        )
+        return AnchorsRow(size, checkpoint_cid, bundle_cid, published_at, stamp)
+
+    async def timestamp_proof(self, size: int) -> TimestampProof | None:
+        """The current ``.ots`` of the checkpoint of ``size``; None if it has none."""
+        if not await self.has_anchor_tables():
+            return None
+        statement = sql.SQL(
+            "SELECT revision, digest, complete, stored_at, ots FROM {}"
+            " WHERE tree_size = %s ORDER BY revision DESC LIMIT 1"
+        ).format(self._table("checkpoint_timestamps"))
+        cursor = await self._connection.execute(statement, (size,))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        revision, digest, complete, stored_at, ots = row
+        return TimestampProof(
+            TimestampRow(revision, bytes(digest), complete, stored_at), bytes(ots)
         )
 
     # Leaves ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The transparency API: signed checkpoints of the Merkle log, consistency and inclusion proofs.
+"""The transparency API: signed checkpoints of the Merkle log, consistency and inclusion proofs,
+and what anchors each checkpoint (its IPFS CIDs and its OpenTimestamps proof).
 
 Public routes: auditors and outsiders read them without merchant
 credentials. They share the ingress's token buckets, keyed by the client's
@@ -35,6 +36,23 @@ leaf of the event is covered, the answer is 404 ``event-not-checkpointed``
 with ``Retry-After`` (the checkpoint interval), like a payment accepted but
 not projected yet: the resource will exist, it does not now.
 
+*Anchors.* ``GET /v1/checkpoints/{size}/anchors`` tells what the anchoring
+worker recorded for a checkpoint: the CIDv1 of its signed note and of its
+leaf bundle on IPFS (null until published), and the state of its timestamp
+(``none``, ``pending``: calendars' promises only, ``complete``: reaches a
+Bitcoin block), with links. The JSON form of a checkpoint carries the same
+summary as ``anchors``; the note never changes, so only the JSON form is
+``no-cache``. ``GET /v1/checkpoints/{size}/timestamp.ots`` answers the current
+proof's bytes, a standard ``.ots`` over SHA-256 of the signed note, as
+``application/vnd.opentimestamps.ots``, with ``Timestamp-State`` (``pending``
+or ``complete``) and ``Timestamp-Revision`` headers and an ETag of the
+revision: a pending proof is upgraded in place (a new revision), so it is
+revalidated, never cached for good. Save the note as ``checkpoint-N.txt`` and
+the proof under the name served (``checkpoint-N.txt.ots``) and ``ots verify``
+finds both. No proof yet is 404 ``timestamp-not-found``. A log whose schema
+predates the anchor tables (migration 002) answers as one that anchors
+nothing: CIDs null, state ``none``, no ``.ots``.
+
 *Errors.* Every error is a problem document; the log's schema missing, the
 database down or a statement timing out is 503 ``log-unavailable`` with
 ``Retry-After``.
@@ -49,7 +67,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -59,7 +77,7 @@ from starlette.responses import Response
 from ingress.models import StrictModel
 from ingress.problems import Problem
 from ingress.services import Services, services
-from ingress.tlog import EVENT_LEAVES_MAX, CheckpointRow, LogReader
+from ingress.tlog import EVENT_LEAVES_MAX, AnchorsRow, CheckpointRow, LogReader, TimestampRow
 from ledger.tlog import limits
 from ledger.tlog.errors import TreeError
 
@@ -71,6 +89,9 @@ UNAVAILABLE_RETRY_AFTER_S: Final = 5
 IMMUTABLE_MAX_AGE_S: Final = 31_536_000
 NOTE_MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 JSON_MEDIA_TYPE: Final = "application/json"
+OTS_MEDIA_TYPE: Final = "application/vnd.opentimestamps.ots"
+TIMESTAMP_STATE_HEADER: Final = "Timestamp-State"
+TIMESTAMP_REVISION_HEADER: Final = "Timestamp-Revision"
 SIZE_CHARS_MAX: Final = len(str(limits.TREE_SIZE_MAX))
 
 _SIZE = re.compile(r"0|[1-9][0-9]*")
@@ -163,6 +184,33 @@ def b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
 
+TimestampState = Literal["none", "pending", "complete"]
+
+
+def timestamp_state(stamp: TimestampRow | None) -> TimestampState:
+    if stamp is None:
+        return "none"
+    return "complete" if stamp.complete else "pending"
+
+
+def timestamp_etag(size: int, revision: int) -> str:
+    """The ETag of a checkpoint's proof: a new revision is a new proof."""
+    return f'"ots-{size}-{revision}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(
+        candidate.strip().removeprefix("W/") == wanted
+        for candidate in if_none_match.split(",")[:32]
+    )
+
+
 # Response models ----------------------------------------------------------------------
 
 
@@ -178,6 +226,51 @@ class CheckpointOut(StrictModel):
         description="RFC 9162 consistency proof from previous_size to size, base64 hashes."
     )
     created_at: datetime
+
+
+class TimestampOut(StrictModel):
+    """The current OpenTimestamps proof of SHA-256 of the signed note."""
+
+    state: TimestampState = Field(
+        description="none: not stamped yet; pending: calendars' promises only; complete:"
+        " the proof reaches a Bitcoin block."
+    )
+    digest: str | None = Field(
+        description="SHA-256 of the signed note, base64: what the proof stamps (null if none)."
+    )
+    revision: int | None = Field(
+        description="The proof's revision: each upgrade of a pending proof is a new one."
+    )
+    stored_at: datetime | None = Field(description="When this revision was stored.")
+
+
+class AnchorLinks(StrictModel):
+    checkpoint: str = Field(description="The checkpoint's signed note (what the CID names).")
+    anchors: str = Field(description="This summary.")
+    timestamp: str | None = Field(description="The current .ots proof; null if none yet.")
+
+
+class AnchorsOut(StrictModel):
+    """What anchors a checkpoint: its note and leaf bundle on IPFS, its note timestamped."""
+
+    size: int = Field(description="The checkpoint's tree size.")
+    checkpoint_cid: str | None = Field(
+        description="CIDv1 of the signed note on IPFS (exactly the text/plain bytes served);"
+        " null until published."
+    )
+    bundle_cid: str | None = Field(
+        description="CIDv1 of the bundle of the leaves from previous_size to size - 1 on IPFS;"
+        " null until published."
+    )
+    published_at: datetime | None = Field(description="When the CIDs were recorded.")
+    timestamp: TimestampOut
+    links: AnchorLinks
+
+
+class CheckpointWithAnchorsOut(CheckpointOut):
+    """A checkpoint and what anchors it so far."""
+
+    anchors: AnchorsOut
 
 
 class ConsistencyOut(StrictModel):
@@ -237,6 +330,28 @@ def checkpoint_out(row: CheckpointRow) -> CheckpointOut:
         previous_size=row.previous_size,
         consistency_proof=[b64(h) for h in row.consistency_proof],
         created_at=row.created_at,
+    )
+
+
+def anchors_out(row: AnchorsRow) -> AnchorsOut:
+    base = f"/v1/checkpoints/{row.size}"
+    stamp = row.timestamp
+    return AnchorsOut(
+        size=row.size,
+        checkpoint_cid=row.checkpoint_cid,
+        bundle_cid=row.bundle_cid,
+        published_at=row.published_at,
+        timestamp=TimestampOut(
+            state=timestamp_state(stamp),
+            digest=None if stamp is None else b64(stamp.digest),
+            revision=None if stamp is None else stamp.revision,
+            stored_at=None if stamp is None else stamp.stored_at,
+        ),
+        links=AnchorLinks(
+            checkpoint=base,
+            anchors=f"{base}/anchors",
+            timestamp=None if stamp is None else f"{base}/timestamp.ots",
+        ),
     )
 
 
@@ -304,16 +419,32 @@ def _no_checkpoint() -> Problem:
     )
 
 
-def _checkpoint_response(row: CheckpointRow, request: Request, *, immutable: bool) -> Response:
+def _unknown_size() -> Problem:
+    return Problem(
+        404, "checkpoint-not-found", "No such checkpoint", "no checkpoint has that tree size"
+    )
+
+
+async def _checkpoint_response(
+    reader: LogReader, row: CheckpointRow, request: Request, *, immutable: bool
+) -> Response:
+    """The note, or the checkpoint and its anchors as JSON (read in the caller's transaction)."""
+    if prefers_json(request.headers.get("accept")):
+        # The anchors change (CIDs recorded, a proof upgraded): never cached for good.
+        with_anchors = CheckpointWithAnchorsOut(
+            **dict(checkpoint_out(row)), anchors=anchors_out(await reader.anchors(row.size))
+        )
+        return Response(
+            with_anchors.model_dump_json(by_alias=True),
+            media_type=JSON_MEDIA_TYPE,
+            headers={"Vary": "Accept", "Cache-Control": "no-cache"},
+        )
     headers = {
         "Vary": "Accept",
         "Cache-Control": f"public, max-age={IMMUTABLE_MAX_AGE_S}, immutable"
         if immutable
         else "no-cache",
     }
-    if prefers_json(request.headers.get("accept")):
-        body = checkpoint_out(row).model_dump_json(by_alias=True)
-        return Response(body, media_type=JSON_MEDIA_TYPE, headers=headers)
     return Response(row.note.encode(), media_type=NOTE_MEDIA_TYPE, headers=headers)
 
 
@@ -328,14 +459,32 @@ def _check_root(tree_root: bytes, row: CheckpointRow) -> None:
 
 _PROBLEM: Final[dict[str, Any]] = {"content": {"application/problem+json": {}}}
 _CHECKPOINT_CONTENT: Final = {
-    "description": "The signed note (default), or the checkpoint as JSON",
+    "description": "The signed note (default), or the checkpoint and its anchors as JSON",
     "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+_OTS_CONTENT: Final = {
+    "description": "The current .ots proof of SHA-256 of the signed note",
+    "content": {OTS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {
+        TIMESTAMP_STATE_HEADER: {
+            "description": "pending (calendars' promises only) or complete (a Bitcoin block)",
+            "schema": {"type": "string", "enum": ["pending", "complete"]},
+        },
+        TIMESTAMP_REVISION_HEADER: {
+            "description": "The proof's revision; an upgraded proof is a new one",
+            "schema": {"type": "integer"},
+        },
+        "ETag": {"description": "The proof's revision", "schema": {"type": "string"}},
+    },
 }
 TRANSPARENCY_PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {**_PROBLEM, "description": description}
     for status, description in (
         (400, "A size that is not a canonical decimal, or from > to"),
-        (404, "No such checkpoint, event, or no checkpoint covers the size or event yet"),
+        (
+            404,
+            "No such checkpoint, event or timestamp, or no checkpoint covers the size or event yet",
+        ),
         (429, "Rate limited"),
         (503, "The Merkle log is unavailable; retry later"),
     )
@@ -346,18 +495,18 @@ router = APIRouter(prefix="/v1", responses=TRANSPARENCY_PROBLEM_RESPONSES, tags=
 
 @router.get(
     "/checkpoints/latest",
-    response_model=CheckpointOut,
+    response_model=CheckpointWithAnchorsOut,
     responses={200: _CHECKPOINT_CONTENT},
     summary="The latest checkpoint",
 )
 async def latest_checkpoint(request: Request, svc: PublicReader) -> Response:
-    """The newest signed checkpoint: the note as text/plain, or JSON with `Accept:
-    application/json`."""
+    """The newest signed checkpoint: the note as text/plain, or JSON (with its anchors) with
+    `Accept: application/json`."""
     async with _reading(svc) as reader:
         row = await reader.latest_checkpoint()
-    if row is None:
-        raise _no_checkpoint()
-    return _checkpoint_response(row, request, immutable=False)
+        if row is None:
+            raise _no_checkpoint()
+        return await _checkpoint_response(reader, row, request, immutable=False)
 
 
 @router.get(
@@ -405,7 +554,7 @@ async def consistency(
 
 @router.get(
     "/checkpoints/{size}",
-    response_model=CheckpointOut,
+    response_model=CheckpointWithAnchorsOut,
     responses={200: _CHECKPOINT_CONTENT},
     summary="A checkpoint by tree size",
 )
@@ -414,16 +563,76 @@ async def checkpoint_by_size(
     request: Request,
     svc: PublicReader,
 ) -> Response:
-    """The signed checkpoint of that tree size: the note as text/plain, or JSON with
-    `Accept: application/json`. Immutable: cacheable."""
+    """The signed checkpoint of that tree size: the note as text/plain (immutable:
+    cacheable), or JSON with its anchors with `Accept: application/json`."""
     wanted = parse_size(size, "size")
     async with _reading(svc) as reader:
         row = await reader.checkpoint(wanted)
-    if row is None:
+        if row is None:
+            raise _unknown_size()
+        return await _checkpoint_response(reader, row, request, immutable=True)
+
+
+@router.get(
+    "/checkpoints/{size}/anchors",
+    response_model=AnchorsOut,
+    summary="What anchors a checkpoint",
+)
+async def checkpoint_anchors(
+    size: Annotated[str, Path(description="The checkpoint's tree size.")],
+    response: Response,
+    svc: PublicReader,
+) -> AnchorsOut:
+    """The CIDv1 of the checkpoint's signed note and of its leaf bundle on IPFS (null until
+    published) and the state of its OpenTimestamps proof (`none`, `pending`, `complete`),
+    with links. Fetch the CIDs from any IPFS node and recompute them; verify the `.ots`
+    against Bitcoin headers for SHA-256 of the note."""
+    wanted = parse_size(size, "size")
+    async with _reading(svc) as reader:
+        if await reader.checkpoint(wanted) is None:
+            raise _unknown_size()
+        anchors = await reader.anchors(wanted)
+    response.headers["Cache-Control"] = "no-cache"
+    return anchors_out(anchors)
+
+
+@router.get(
+    "/checkpoints/{size}/timestamp.ots",
+    response_class=Response,
+    responses={200: _OTS_CONTENT, 304: {"description": "The proof named by If-None-Match"}},
+    summary="The OpenTimestamps proof of a checkpoint",
+)
+async def checkpoint_timestamp(
+    size: Annotated[str, Path(description="The checkpoint's tree size.")],
+    request: Request,
+    svc: PublicReader,
+) -> Response:
+    """The current `.ots` proof of SHA-256 of the checkpoint's signed note, as the `ots`
+    command reads it. `Timestamp-State` tells a pending proof (calendars' promises, to be
+    upgraded) from a complete one (a Bitcoin block attests it)."""
+    wanted = parse_size(size, "size")
+    async with _reading(svc) as reader:
+        if await reader.checkpoint(wanted) is None:
+            raise _unknown_size()
+        proof = await reader.timestamp_proof(wanted)
+    if proof is None:
         raise Problem(
-            404, "checkpoint-not-found", "No such checkpoint", "no checkpoint has that tree size"
+            404,
+            "timestamp-not-found",
+            "No timestamp yet",
+            "the checkpoint has no OpenTimestamps proof (yet)",
         )
-    return _checkpoint_response(row, request, immutable=True)
+    etag = timestamp_etag(wanted, proof.stamp.revision)
+    headers = {
+        TIMESTAMP_STATE_HEADER: timestamp_state(proof.stamp),
+        TIMESTAMP_REVISION_HEADER: str(proof.stamp.revision),
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+    }
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="checkpoint-{wanted}.txt.ots"'
+    return Response(proof.ots, media_type=OTS_MEDIA_TYPE, headers=headers)
 
 
 @router.get(

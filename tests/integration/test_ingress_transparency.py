@@ -8,14 +8,27 @@ event already covered). The ingress serves that schema; everything it
 answers is verified as an outsider would, with ``ledger.tlog`` and the
 anchoring public key only: checkpoint notes, consistency between every pair
 of checkpoint sizes and between other sizes, and every event's inclusion
-proofs. Bad input is a 4xx problem; a missing log is a 503 problem.
+proofs.
+
+The first checkpoints are then anchored through ``anchoring.pgstore`` as the
+hooks would anchor them, with CIDs computed from the note and leaf bundle and
+real ``.ots`` proofs stamped on btcd (regtest): one proof pending then upgraded
+(two revisions), one complete at once, one checkpoint on IPFS only, one with
+a pending proof only; the rest have nothing. What is served is what is
+stored, and a served complete proof verifies against btcd's headers for
+SHA-256 of the served note. Bad input is a 4xx problem; a missing log is a
+503 problem; a log migrated before the anchor tables anchors nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,15 +38,28 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from opentimestamps.core.notary import PendingAttestation
+from opentimestamps.core.op import OpAppend, OpSHA256
+from opentimestamps.core.timestamp import Timestamp
 from psycopg import sql
 
 from anchoring import pgstore
+from anchoring.bitcoin import BitcoinRpc, DirectStamper
+from anchoring.hooks import checkpoint_bundle
+from anchoring.timestamps import (
+    InvalidTimestamp,
+    is_complete,
+    merge_proofs,
+    serialize_proof,
+    verify_timestamp,
+)
 from anchoring.worker import Worker
 from ingress.app import create_app
 from ledger import limits
 from ledger.config import Settings
 from ledger.keystore import KeyStore
 from ledger.tlog.checkpoint import Checkpoint, verify_checkpoint, verify_log_growth
+from ledger.tlog.cid import file_dag
 from ledger.tlog.errors import InvalidProof
 from ledger.tlog.keys import AnchoringPublicKey, load_or_create_anchoring_key
 from ledger.tlog.leaf import LeafRecord
@@ -48,12 +74,16 @@ from tests.integration.test_anchoring_worker import (
     published_checkpoint,
     until,
 )
-from tests.support import events
+from tests.support import btcd, events
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
+btcd_node = btcd.btcd_node
+
 PROBLEM_JSON = "application/problem+json"
+OTS_MEDIA_TYPE = "application/vnd.opentimestamps.ots"
+PENDING_CALENDAR = "https://calendar.invalid"
 EVENTS = 240
 UNCOVERED = 5
 SHUTDOWN_TIMEOUT_S = 60.0
@@ -70,6 +100,10 @@ class Log:
     republished: str  # the event id published twice
     straddling: str  # an event id with a covered leaf and an uncovered one
     uncovered: str  # an event id whose only leaf no checkpoint covers
+    # What anchors each checkpoint, as stored: CIDs and the current proof.
+    publications: dict[int, pgstore.IpfsPublication | None]
+    stamps: dict[int, pgstore.StoredTimestamp | None]
+    rpc: BitcoinRpc
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
@@ -121,8 +155,52 @@ async def _drop(settings: Settings) -> None:
         )
 
 
+def pending_proof(digest: bytes) -> bytes:
+    """A calendar's answer: the digest, a nonce, and a promise of a Bitcoin commitment."""
+    timestamp = Timestamp(digest)
+    commitment = timestamp.ops.add(OpAppend(uuid.uuid4().bytes)).ops.add(OpSHA256())
+    commitment.attestations.add(PendingAttestation(PENDING_CALENDAR))
+    return serialize_proof(timestamp)
+
+
+def _anchor(store: pgstore.PostgresTreeStore, stamper: DirectStamper) -> None:
+    """Anchor the first four checkpoints as the hooks would, each to a different state."""
+    upgraded, direct, on_ipfs_only, pending_only = store.checkpoints()[:4]
+
+    def publish(checkpoint: pgstore.StoredCheckpoint) -> None:
+        leaves = store.leaf_records(checkpoint.previous_size, checkpoint.size)
+        bundle = checkpoint_bundle(checkpoint, leaves).to_bytes()
+        store.add_publication(
+            checkpoint.size,
+            str(file_dag(checkpoint.note.encode()).root),
+            str(file_dag(bundle).root),
+        )
+
+    def digest(checkpoint: pgstore.StoredCheckpoint) -> bytes:
+        return hashlib.sha256(checkpoint.note.encode()).digest()
+
+    for checkpoint in (upgraded, direct, on_ipfs_only):
+        publish(checkpoint)
+    pending = pending_proof(digest(upgraded))
+    store.add_timestamp(upgraded.size, digest(upgraded), pending, False)
+    complete = merge_proofs(pending, stamper.stamp(digest(upgraded)).ots, digest(upgraded))
+    store.add_timestamp(upgraded.size, digest(upgraded), complete, True)
+    store.add_timestamp(direct.size, digest(direct), stamper.stamp(digest(direct)).ots, True)
+    store.add_timestamp(
+        pending_only.size, digest(pending_only), pending_proof(digest(pending_only)), False
+    )
+
+
 @pytest.fixture(scope="module")
-def anchored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
+def rpc(btcd_node: Settings) -> Iterator[BitcoinRpc]:
+    with BitcoinRpc.from_settings(btcd_node) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def anchored(
+    tmp_path_factory: pytest.TempPathFactory, btcd_node: Settings, rpc: BitcoinRpc
+) -> Iterator[Log]:
     settings = Settings(
         topic_prefix=f"tr{uuid.uuid4().hex[:10]}.",
         state_dir=Path(tmp_path_factory.mktemp("transparency")),
@@ -149,6 +227,11 @@ def anchored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
             for n, event_id in enumerate([straddling, uncovered, *["other"] * (UNCOVERED - 2)])
         ]
         _append_uncovered(settings, extra)
+        with pgstore.opened(settings.dsn(), settings.anchoring_schema) as store:
+            # The stamping wallet is btcd's mining address: its state dir holds the key.
+            _anchor(store, DirectStamper.from_settings(btcd_node, rpc))
+            publications = {c.size: store.publication(c.size) for c in checkpoints}
+            stamps = {c.size: store.timestamp(c.size) for c in checkpoints}
         key = load_or_create_anchoring_key(settings, settings.anchoring_origin).public
         with serve_in_thread(create_app(settings), lifespan="on") as url:
             yield Log(
@@ -161,6 +244,9 @@ def anchored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
                 republished=republished,
                 straddling=straddling,
                 uncovered=uncovered,
+                publications=publications,
+                stamps=stamps,
+                rpc=rpc,
             )
     finally:
         asyncio.run(_drop(settings))
@@ -394,6 +480,8 @@ def test_a_log_that_is_not_there_is_a_503_problem(anchored: Log) -> None:
             "/v1/checkpoints/3",
             "/v1/checkpoints/consistency?from=1&to=2",
             f"/v1/proofs/events/{anchored.republished}",
+            "/v1/checkpoints/3/anchors",
+            "/v1/checkpoints/3/timestamp.ots",
         ):
             response = client.get(path)
             _problem(response, 503, "log-unavailable")
@@ -410,6 +498,206 @@ def test_the_public_routes_share_the_rate_limit(anchored: Log) -> None:
     ):
         assert client.get("/v1/checkpoints/latest").status_code == 200
         assert client.get(f"/v1/proofs/events/{anchored.republished}").status_code == 200
-        limited = client.get("/v1/checkpoints/latest")
+        limited = client.get(f"/v1/checkpoints/{anchored.covered}/anchors")
         _problem(limited, 429, "rate-limited")
         assert int(limited.headers["retry-after"]) >= 1
+
+
+# Anchors ----------------------------------------------------------------------------------
+
+
+def test_every_checkpoint_shows_what_anchors_it(anchored: Log) -> None:
+    states = []
+    with anchored.client() as client:
+        for stored in anchored.checkpoints:
+            response = client.get(f"/v1/checkpoints/{stored.size}/anchors")
+            assert response.status_code == 200, response.text
+            assert response.headers["cache-control"] == "no-cache"
+            body = response.json()
+            publication = anchored.publications[stored.size]
+            stamp = anchored.stamps[stored.size]
+            assert body["size"] == stored.size
+            assert (body["checkpoint_cid"], body["bundle_cid"]) == (
+                (None, None)
+                if publication is None
+                else (publication.checkpoint_cid, publication.bundle_cid)
+            )
+            assert (body["published_at"] is None) is (publication is None)
+            base = f"/v1/checkpoints/{stored.size}"
+            timestamp = body["timestamp"]
+            if stamp is None:
+                assert timestamp == {
+                    "state": "none",
+                    "digest": None,
+                    "revision": None,
+                    "stored_at": None,
+                }
+                assert body["links"]["timestamp"] is None
+            else:
+                assert timestamp["state"] == ("complete" if stamp.complete else "pending")
+                assert timestamp["revision"] == stamp.revision
+                assert (
+                    base64.b64decode(timestamp["digest"])
+                    == hashlib.sha256(client.get(base).content).digest()
+                )
+                assert body["links"]["timestamp"] == f"{base}/timestamp.ots"
+            assert body["links"]["checkpoint"] == base
+            assert body["links"]["anchors"] == f"{base}/anchors"
+            states.append((body["checkpoint_cid"] is not None, timestamp["state"]))
+
+            # The JSON form of the checkpoint carries the same summary; the note does not change.
+            as_json = client.get(base, headers={"Accept": "application/json"})
+            assert as_json.json()["anchors"] == body
+            assert as_json.headers["cache-control"] == "no-cache"
+            assert "immutable" in client.get(base).headers["cache-control"]
+        latest = client.get("/v1/checkpoints/latest", headers={"Accept": "application/json"})
+        assert latest.json()["anchors"] == client.get(f"{base}/anchors").json()
+    # The anchoring states set up, in order, then nothing.
+    assert states[:5] == [
+        (True, "complete"),
+        (True, "complete"),
+        (True, "none"),
+        (False, "pending"),
+        (False, "none"),
+    ]
+    assert all(state == (False, "none") for state in states[4:])
+    upgraded = anchored.stamps[anchored.checkpoints[0].size]
+    assert upgraded is not None and upgraded.revision == 2
+
+
+def test_served_cids_are_those_of_the_served_note(anchored: Log) -> None:
+    """An auditor recomputes the checkpoint's CID from the note the log serves."""
+    with anchored.client() as client:
+        for stored in anchored.checkpoints[:3]:
+            body = client.get(f"/v1/checkpoints/{stored.size}/anchors").json()
+            note = client.get(f"/v1/checkpoints/{stored.size}").content
+            assert body["checkpoint_cid"] == str(file_dag(note).root)
+            assert body["bundle_cid"].startswith("bafk")  # CIDv1, base32, one raw block
+
+
+def test_a_complete_proof_verifies_against_btcd_for_the_served_note(
+    anchored: Log, tmp_path: Path
+) -> None:
+    with anchored.client() as client:
+        for stored in anchored.checkpoints[:2]:
+            base = f"/v1/checkpoints/{stored.size}"
+            response = client.get(f"{base}/timestamp.ots")
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == OTS_MEDIA_TYPE
+            assert response.headers["timestamp-state"] == "complete"
+            stamp = anchored.stamps[stored.size]
+            assert stamp is not None
+            assert response.headers["timestamp-revision"] == str(stamp.revision)
+            assert response.content == stamp.ots
+            digest = hashlib.sha256(client.get(base).content).digest()
+            assert verify_timestamp(response.content, digest, anchored.rpc).height > 0
+            # Not a proof of any other note.
+            flipped = digest[:-1] + bytes([digest[-1] ^ 1])
+            with pytest.raises(InvalidTimestamp):
+                verify_timestamp(response.content, flipped, anchored.rpc)
+            # The name served lets `ots` find the note beside the proof.
+            disposition = response.headers["content-disposition"]
+            assert f'filename="checkpoint-{stored.size}.txt.ots"' in disposition
+            path = tmp_path / f"checkpoint-{stored.size}.txt.ots"
+            path.write_bytes(response.content)
+            info = subprocess.run(
+                [str(Path(sys.executable).with_name("ots")), "--no-cache", "info", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            assert f"File sha256 hash: {digest.hex()}" in info
+            assert "BitcoinBlockHeaderAttestation" in info
+
+            # Revalidation: the same revision is a 304 without a body.
+            etag = response.headers["etag"]
+            again = client.get(f"{base}/timestamp.ots", headers={"If-None-Match": etag})
+            assert (again.status_code, again.content) == (304, b"")
+            assert again.headers["etag"] == etag
+            stale = client.get(f"{base}/timestamp.ots", headers={"If-None-Match": '"ots-0-1"'})
+            assert stale.status_code == 200
+
+
+def test_an_upgraded_proof_serves_its_newest_revision(anchored: Log) -> None:
+    upgraded = anchored.checkpoints[0]
+    with anchored.client() as client:
+        response = client.get(f"/v1/checkpoints/{upgraded.size}/timestamp.ots")
+    digest = hashlib.sha256(upgraded.note.encode()).digest()
+    assert response.headers["timestamp-revision"] == "2"
+    # The calendar's promise is kept beside the Bitcoin attestation.
+    assert PENDING_CALENDAR.encode() in response.content
+    assert is_complete(response.content, digest)
+    verify_timestamp(response.content, digest, anchored.rpc)
+
+
+def test_a_pending_proof_is_served_as_pending(anchored: Log) -> None:
+    pending = anchored.checkpoints[3]
+    with anchored.client() as client:
+        response = client.get(f"/v1/checkpoints/{pending.size}/timestamp.ots")
+    assert response.status_code == 200, response.text
+    assert response.headers["timestamp-state"] == "pending"
+    assert response.headers["timestamp-revision"] == "1"
+    digest = hashlib.sha256(pending.note.encode()).digest()
+    assert not is_complete(response.content, digest)
+    with pytest.raises(InvalidTimestamp, match="pending only"):
+        verify_timestamp(response.content, digest, anchored.rpc)
+
+
+def test_anchors_of_what_does_not_exist_are_problems(anchored: Log) -> None:
+    latest = anchored.covered
+    with anchored.client() as client:
+        for suffix in ("anchors", "timestamp.ots"):
+            for size in (0, latest - 1, latest + 1):
+                _problem(
+                    client.get(f"/v1/checkpoints/{size}/{suffix}"), 404, "checkpoint-not-found"
+                )
+            for garbage in ("abc", "-1", "01", "9" * 30):
+                _problem(
+                    client.get(f"/v1/checkpoints/{garbage}/{suffix}"), 400, "invalid-tree-size"
+                )
+        for stored in (anchored.checkpoints[2], anchored.checkpoints[-1]):
+            response = client.get(f"/v1/checkpoints/{stored.size}/timestamp.ots")
+            _problem(response, 404, "timestamp-not-found")
+
+
+def test_a_log_migrated_before_the_anchor_tables_anchors_nothing(
+    anchored: Log, tmp_path: Path
+) -> None:
+    """Migration 001 only (an anchoring worker older than the ingress): no 500, no anchors."""
+    only_first = tmp_path / "sql"
+    only_first.mkdir()
+    shutil.copy(pgstore.SQL_DIR / "001_merkle_log.sql", only_first)
+    settings = anchored.settings.model_copy(
+        update={"anchoring_schema": f"tr_{uuid.uuid4().hex[:12]}"}
+    )
+    stored = anchored.checkpoints[0]
+    try:
+        with pgstore.connect(settings.dsn(), settings.anchoring_schema) as connection:
+            assert pgstore.migrate(connection, settings.anchoring_schema, only_first)
+            connection.execute(
+                "INSERT INTO checkpoints (tree_size, root_hash, origin, note, previous_size,"
+                " consistency_proof) VALUES (%s, %s, %s, %s, 0, '{}')",
+                (stored.size, stored.root_hash, stored.origin, stored.note),
+            )
+        with (
+            serve_in_thread(create_app(settings), lifespan="on") as url,
+            httpx.Client(base_url=url, timeout=60) as client,
+        ):
+            base = f"/v1/checkpoints/{stored.size}"
+            response = client.get(f"{base}/anchors")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert (body["checkpoint_cid"], body["bundle_cid"]) == (None, None)
+            assert body["timestamp"]["state"] == "none"
+            assert (
+                client.get(base, headers={"Accept": "application/json"}).json()["anchors"] == body
+            )
+            _problem(client.get(f"{base}/timestamp.ots"), 404, "timestamp-not-found")
+            _problem(
+                client.get(f"/v1/checkpoints/{stored.size + 1}/anchors"),
+                404,
+                "checkpoint-not-found",
+            )
+    finally:
+        asyncio.run(_drop(settings))

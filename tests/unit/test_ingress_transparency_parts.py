@@ -1,20 +1,33 @@
-"""The transparency API's pure parts: which nodes a proof reads, and parameter parsing."""
+"""The transparency API's pure parts: which nodes a proof reads, parameter parsing, and how
+a checkpoint's anchors are shown."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from datetime import UTC, datetime
 
 import pytest
 
 from ingress.problems import Problem
 from ingress.tlog import (
+    AnchorsRow,
     FetchedNodes,
+    TimestampRow,
     consistency_nodes,
     frontier_nodes,
     inclusion_nodes,
     perfect_subtrees,
 )
-from ingress.transparency import parse_range, parse_size, prefers_json, valid_event_id
+from ingress.transparency import (
+    anchors_out,
+    etag_matches,
+    parse_range,
+    parse_size,
+    prefers_json,
+    timestamp_etag,
+    valid_event_id,
+)
 from ledger.tlog import limits
 from ledger.tlog.errors import TreeError
 from ledger.tlog.merkle import verify_consistency, verify_inclusion
@@ -225,3 +238,64 @@ def test_event_ids_that_no_leaf_can_carry() -> None:
     assert not valid_event_id("")
     assert not valid_event_id("a\x00b")
     assert not valid_event_id("\ud800")  # a lone surrogate is no UTF-8
+
+
+# Anchors ------------------------------------------------------------------------------
+
+STORED_AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+DIGEST = hashlib.sha256(b"note").digest()
+
+
+def test_a_checkpoint_with_nothing_recorded_shows_none() -> None:
+    shown = anchors_out(AnchorsRow(45, None, None, None, None)).model_dump(mode="json")
+    assert shown == {
+        "size": 45,
+        "checkpoint_cid": None,
+        "bundle_cid": None,
+        "published_at": None,
+        "timestamp": {"state": "none", "digest": None, "revision": None, "stored_at": None},
+        "links": {
+            "checkpoint": "/v1/checkpoints/45",
+            "anchors": "/v1/checkpoints/45/anchors",
+            "timestamp": None,
+        },
+    }
+
+
+@pytest.mark.parametrize(("complete", "state"), [(False, "pending"), (True, "complete")])
+def test_a_stamped_checkpoint_shows_its_state_and_links_its_proof(
+    complete: bool, state: str
+) -> None:
+    row = AnchorsRow(
+        90, "bafkreicid", "bafybeibundle", STORED_AT, TimestampRow(3, DIGEST, complete, STORED_AT)
+    )
+    shown = anchors_out(row)
+    assert (shown.checkpoint_cid, shown.bundle_cid) == ("bafkreicid", "bafybeibundle")
+    assert shown.timestamp.state == state
+    assert shown.timestamp.revision == 3
+    assert shown.timestamp.digest is not None
+    assert base64.b64decode(shown.timestamp.digest) == DIGEST
+    assert shown.links.timestamp == "/v1/checkpoints/90/timestamp.ots"
+
+
+def test_a_proof_not_published_on_ipfs_yet_still_shows_its_timestamp() -> None:
+    row = AnchorsRow(7, None, None, None, TimestampRow(1, DIGEST, False, STORED_AT))
+    shown = anchors_out(row)
+    assert (shown.checkpoint_cid, shown.bundle_cid, shown.timestamp.state) == (
+        None,
+        None,
+        "pending",
+    )
+
+
+def test_each_revision_of_a_proof_has_its_own_etag() -> None:
+    assert timestamp_etag(45, 1) != timestamp_etag(45, 2) != timestamp_etag(46, 2)
+    etag = timestamp_etag(45, 2)
+    assert etag_matches(etag, etag)
+    assert etag_matches(f"W/{etag}", etag)
+    assert etag_matches(f'"other", {etag}', etag)
+    assert etag_matches("*", etag)
+    assert not etag_matches(None, etag)
+    assert not etag_matches("", etag)
+    assert not etag_matches(timestamp_etag(45, 1), etag)
+    assert not etag_matches(etag.strip('"'), etag)
