@@ -99,20 +99,22 @@ def _provision(settings: Settings) -> None:
 def run() -> None:
     """Start the embedded stack in the foreground; Ctrl-C stops everything.
 
-    Kafka, Postgres, the SoftHSM2 token and the offline provider peers
+    Kafka, Postgres, the SoftHSM2 token, the offline provider peers
     (stripe-mock, the PayPal mock, the Coinbase fake: the embedded default has
-    no internet) come up first; then the topics are provisioned, the signing
+    no internet) and the anchoring peers (Kubo offline, btcd in regtest) come
+    up first; then the topics are provisioned, the signing
     keys made (once) and the active key's endorsement published, the
     projections and anchoring schemas migrated; then the HTTP ingress, the
     stream worker, the projections applier and the anchoring worker (the
-    Merkle log and its signed checkpoints; IPFS and Bitcoin peers off) start.
+    Merkle log, its signed checkpoints, published to Kubo and stamped on btcd)
+    start.
     """
     from ledger.infra.supervisor import Supervisor
 
     settings = _settings()
     try:
         with Supervisor(settings) as supervisor:
-            supervisor.start_infra(with_mocks=True)
+            supervisor.start_infra(with_mocks=True, with_anchor_peers=True)
             supervisor.log("run", "provisioning topics")
             _provision(settings)
             key_id = asyncio.run(_publish_active_endorsement(settings))
@@ -149,7 +151,18 @@ def run() -> None:
             )
             supervisor.add_process("streams", [sys.executable, "-m", "streams.worker"])
             supervisor.add_process("projections", [sys.executable, "-m", "projections.worker"])
-            supervisor.add_process("anchoring", [sys.executable, "-m", "anchoring.worker"])
+            supervisor.add_process(
+                "anchoring",
+                [sys.executable, "-m", "anchoring.worker"],
+                # Checkpoints go to the local Kubo and are stamped on the
+                # local btcd (regtest): the embedded default has no internet.
+                env=supervisor.child_env(
+                    {
+                        "PAYLEDGER_ANCHORING_IPFS_ENABLED": "true",
+                        "PAYLEDGER_OTS_DIRECT_ENABLED": "true",
+                    }
+                ),
+            )
             supervisor.log(
                 "run",
                 f"ready: API at http://{settings.http_host}:{settings.http_port} "

@@ -204,15 +204,23 @@ class Supervisor:
 
     # -- the stack
 
-    def start_infra(self, *, with_mocks: bool = False) -> list[PartStatus]:
+    def start_infra(
+        self, *, with_mocks: bool = False, with_anchor_peers: bool = False
+    ) -> list[PartStatus]:
         """Start Kafka and Postgres as children, create the SoftHSM2 token, and
         wait until everything answers; ``with_mocks`` also the offline provider
-        peers (stripe-mock, the PayPal mock, the Coinbase fake). Parts already
-        running (as daemons) are used as they are. Returns the status of every
-        part."""
-        from ledger.infra.mocks import mock_parts  # noqa: PLC0415 - mocks imports this module
+        peers (stripe-mock, the PayPal mock, the Coinbase fake), and
+        ``with_anchor_peers`` the anchoring worker's (Kubo offline, btcd in
+        regtest). Parts already running (as daemons) are used as they are.
+        Returns the status of every part."""
+        # These import this module.
+        from ledger.infra.btcd import btcd_parts  # noqa: PLC0415
+        from ledger.infra.kubo import KuboPart  # noqa: PLC0415
+        from ledger.infra.mocks import mock_parts  # noqa: PLC0415
 
         parts = server_parts(self.settings) + (mock_parts(self.settings) if with_mocks else [])
+        if with_anchor_peers:
+            parts += [KuboPart(self.settings), *btcd_parts(self.settings)]
         with self.layout.lock(lambda message: self.log(_SELF, message)):
             running = {part.name: part.running_pid() for part in parts}
             for part in parts:

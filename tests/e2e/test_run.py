@@ -26,6 +26,7 @@ import pytest
 
 from ledger.config import Settings
 from ledger.tlog.checkpoint import verify_checkpoint
+from ledger.tlog.cid import file_dag
 from ledger.tlog.keys import PUBLIC_FILE, load_anchoring_public_key
 from ledger.tlog.leaf import LeafRecord
 from ledger.tlog.merkle import leaf_hash, verify_inclusion
@@ -49,6 +50,8 @@ PORTS = {
     "PAYPAL_MOCK_ORDERS_PORT": 31011,
     "PAYPAL_MOCK_PAYMENTS_PORT": 31012,
     "COINBASE_MOCK_PORT": 31020,
+    "KUBO_API_PORT": 31501,
+    "BTCD_RPC_PORT": 31334,
 }
 
 
@@ -180,6 +183,21 @@ def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
         [base64.b64decode(h) for h in inclusion["proof"]],
         checkpoint.root_hash,
     )
+    # That checkpoint went to the local Kubo and was stamped on the local btcd:
+    # its CIDs and a complete OpenTimestamps proof are served.
+    deadline = time.monotonic() + PROJECTED_TIMEOUT_S
+    while True:
+        anchors = httpx.get(f"{url}/v1/checkpoints/{checkpoint.size}/anchors", timeout=10)
+        assert anchors.status_code == 200, anchors.text
+        found = anchors.json()
+        if found["checkpoint_cid"] and found["timestamp"]["state"] == "complete":
+            break
+        assert time.monotonic() < deadline, (found, log_path.read_text()[-4000:])
+        time.sleep(0.5)
+    note = httpx.get(f"{url}/v1/checkpoints/{checkpoint.size}", timeout=10).content
+    assert found["checkpoint_cid"] == str(file_dag(note).root), "the CID is the note's"
+    ots = httpx.get(f"{url}/v1/checkpoints/{checkpoint.size}/timestamp.ots", timeout=10)
+    assert ots.status_code == 200 and ots.headers["Timestamp-State"] == "complete"
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert process.wait(timeout=STOP_TIMEOUT_S) == 0
