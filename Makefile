@@ -11,7 +11,10 @@ STAMP  := $(VENV)/.installed
 run: setup
 	$(BIN)/payledger run
 
+# Everything the tests run (Kafka jars, Postgres, SoftHSM2, the provider and
+# anchoring peers) is installed first, so no test's time limit covers a cold build.
 test: setup lint
+	$(BIN)/payledger infra install
 	$(BIN)/python -m pytest tests
 
 setup: system-deps $(STAMP)

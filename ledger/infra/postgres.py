@@ -45,6 +45,11 @@ _OS_USER_AS_ROOT = "postgres"
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
 
+def ensure_installed() -> None:
+    """Install Postgres from Debian when no server binaries are found."""
+    ensure_package("postgresql", lambda: find_bindir() is not None, "the embedded Postgres")
+
+
 class PostgresPart(ServerPart):
     name = "postgres"
 
@@ -98,7 +103,7 @@ class PostgresPart(ServerPart):
         return [PortUse(LISTEN_HOST, self.settings.postgres_port, "postgres_port")]
 
     def prepare(self) -> None:
-        ensure_package("postgresql", lambda: find_bindir() is not None, "the embedded Postgres")
+        ensure_installed()
         socket_file = self.socket_dir / f".s.PGSQL.{self.settings.postgres_port}"
         if len(str(socket_file)) > _SOCKET_PATH_MAX:
             raise InfrastructureError(

@@ -67,9 +67,14 @@ def token_exists(settings: Settings) -> bool:
     return settings.pkcs11_token_label in token_labels(_show_slots(settings))
 
 
+def ensure_installed(settings: Settings) -> None:
+    """Install SoftHSM2 from Debian when it is missing."""
+    ensure_package("softhsm2", lambda: _installed(settings), "the PKCS#11 signer (SoftHSM2)")
+
+
 def ensure_token(settings: Settings) -> None:
     """Install SoftHSM2, write its config and create the token; idempotent."""
-    ensure_package("softhsm2", lambda: _installed(settings), "the PKCS#11 signer (SoftHSM2)")
+    ensure_installed(settings)
     tokendir(settings).mkdir(parents=True, exist_ok=True)
     conf = settings.softhsm_conf
     wanted = render_conf(settings)

@@ -62,3 +62,21 @@ def test_invalid_settings_are_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("payledger: error: invalid settings: kafka_port")
+
+
+def test_install_builds_every_peer_into_the_cache_and_starts_nothing(tmp_path: Path) -> None:
+    """What ``make test`` runs before the tests; on a machine that has it all, markers only."""
+    from ledger.config import Settings
+    from ledger.infra.btcd import btcd_installed
+    from ledger.infra.kubo import kubo_installed
+    from ledger.infra.mocks import prism_installed, stripe_mock_installed
+
+    env = _env(tmp_path)
+    result = CliRunner().invoke(main, ["infra", "install"], env=env)
+    assert result.exit_code == 0, result.output
+    for part in ("postgres", "softhsm", "kafka jars", "stripe-mock", "prism", "btcd", "kubo"):
+        assert f"{part}: installing if missing" in result.stderr
+    settings = Settings()  # the cache dir is shared; the state dir is not used
+    assert stripe_mock_installed(settings) and prism_installed(settings)
+    assert btcd_installed(settings) and kubo_installed(settings)
+    assert not (tmp_path / "state").exists(), "install writes nothing in the state dir"
