@@ -40,7 +40,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -57,6 +56,7 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
     sys.path.insert(0, os.fspath(ROOT))
 
+from bench.common import BenchError, bench_stack, child_env, say
 from ledger.tlog.leaf import LeafRecord
 from ledger.tlog.merkle import verify_consistency, verify_inclusion
 from ledger.tlog.tree import MerkleTree
@@ -213,14 +213,6 @@ DRAIN_POLL_S = 0.02
 PACE_TICK_S = 0.002
 WAIT_TIMEOUT_S = 300.0
 WATCH_POLL_MS = 100
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
 
 
 class WorkerProcess:
@@ -560,8 +552,6 @@ async def end_to_end(
     settings: Any, args: argparse.Namespace, run_id: str, scratch: Path
 ) -> EndToEnd:
     from ledger.codec import EnvelopeCodec
-    from ledger.infra.stack import Stack
-    from ledger.infra.supervisor import settings_env
     from ledger.keystore import ActiveSigner, KeyStore
     from ledger.registry import FileSchemaRegistry
     from ledger.topics import TopicRole, topic_name
@@ -573,14 +563,7 @@ async def end_to_end(
     paced = sample_envelopes(max(1, round(args.rate * args.seconds)), f"{run_id}p")
     keystore = KeyStore(settings)
     keystore.active_key()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        **Stack(settings).env(),
-        "PYTHONPATH": os.pathsep.join(
-            [os.fspath(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
+    env = child_env(settings)
     worker = WorkerProcess(env, scratch / "worker.log")
     tables = LogTables(settings.dsn(), settings.anchoring_schema)
     watcher = CheckpointWatcher(settings, topic_name(settings, TopicRole.CHECKPOINTS))
@@ -726,43 +709,21 @@ def report_end_to_end(
 def run_end_to_end(args: argparse.Namespace, run_id: str, in_memory: float) -> None:
     import logging
 
-    from ledger.config import load_settings
-    from ledger.infra.stack import Stack
-    from streams.provision import provision_topics
-
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    settings = load_settings()
-    stack = Stack(settings)
-    stack_was_running = all(
-        s.pid is not None for s in stack.status() if s.name in ("kafka", "postgres")
-    )
-    try:
-        say("stack: up")
-        stack.up(say)
-        with tempfile.TemporaryDirectory(prefix="bench-anchoring-") as scratch:
-            # Keys and registry of this run only: the stack's own are never touched.
-            bench_settings = settings.model_copy(
-                update={
-                    "topic_prefix": f"bench{run_id}.",
-                    "state_dir": Path(scratch) / "state",
-                    "anchoring_schema": f"bench_{run_id}_log",
-                    "anchoring_checkpoint_every_events": args.every,
-                    "anchoring_checkpoint_interval_s": args.interval,
-                    "anchoring_batch_records": args.batch_records,
-                    "anchoring_ipfs_enabled": False,
-                    "ots_direct_enabled": False,
-                    "ots_calendar_urls": [],
-                }
-            )
-            provisioned = asyncio.run(provision_topics(bench_settings))
-            if not provisioned.ok:
-                raise BenchError(f"topics differ from their specs: {provisioned.mismatches}")
-            results = asyncio.run(end_to_end(bench_settings, args, run_id, Path(scratch)))
+    updates = {
+        "anchoring_schema": f"bench_{run_id}_log",
+        "anchoring_checkpoint_every_events": args.every,
+        "anchoring_checkpoint_interval_s": args.interval,
+        "anchoring_batch_records": args.batch_records,
+        "anchoring_ipfs_enabled": False,
+        "ots_direct_enabled": False,
+        "ots_calendar_urls": [],
+    }
+    with bench_stack(
+        run_id, keep_stack=args.keep_stack, scratch_prefix="bench-anchoring-", updates=updates
+    ) as (_, bench_settings, scratch):
+        results = asyncio.run(end_to_end(bench_settings, args, run_id, scratch))
         report_end_to_end(results, args, in_memory, bench_settings)
-    finally:
-        if not stack_was_running and not args.keep_stack:
-            say("stack: stopping it (this run started it)")
-            stack.down(say)
 
 
 def main() -> int:

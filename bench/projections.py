@@ -47,7 +47,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -64,6 +63,8 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
     sys.path.insert(0, os.fspath(ROOT))
 
+from bench.common import BenchError, bench_stack, child_env, say
+
 TARGET_EVENTS_PER_S = 10_000
 TARGET_FLOOR_RATIO = 0.3
 EVENTS_PER_PAYMENT_GUESS = 5
@@ -74,14 +75,6 @@ PACE_TICK_S = 0.002
 WAIT_TIMEOUT_S = 300.0
 FLOOR_REPEATS = 3
 TABLES = ("payments", "payment_fees", "payment_events", "ledger_entries", "processed_events")
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
 
 
 # --- the applier as a process -------------------------------------------------------------------
@@ -502,8 +495,6 @@ class Results:
 
 async def run(settings: Any, args: argparse.Namespace, run_id: str, scratch: Path) -> Results:
     from ledger.codec import EnvelopeCodec
-    from ledger.infra.stack import Stack
-    from ledger.infra.supervisor import settings_env
     from ledger.keystore import ActiveSigner, KeyStore
     from ledger.registry import FileSchemaRegistry
     from ledger.topics import TopicRole, topic_name
@@ -521,14 +512,7 @@ async def run(settings: Any, args: argparse.Namespace, run_id: str, scratch: Pat
     envelopes, results.payments = payment_events(args.events, f"pay_{run_id}_b", "bench-backlog")
     results.events = len(envelopes)
 
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        **Stack(settings).env(),
-        "PYTHONPATH": os.pathsep.join(
-            [os.fspath(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
+    env = child_env(settings)
     applier = ApplierProcess(env, applied, args.batch_records, scratch / "applier.log")
     positions = Positions(dsn, applied, topic)
     registry = FileSchemaRegistry(settings.registry_dir)
@@ -708,40 +692,21 @@ def main() -> int:
 
     import logging
 
-    from ledger.config import load_settings
-    from ledger.infra.stack import Stack
-    from streams.provision import provision_topics
-
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     overall = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
-    settings = load_settings()
-    stack = Stack(settings)
-    stack_was_running = all(
-        s.pid is not None for s in stack.status() if s.name in ("kafka", "postgres")
-    )
-    try:
-        say("stack: up")
-        stack.up(say)
-        with tempfile.TemporaryDirectory(prefix="bench-projections-") as scratch:
-            # Keys and registry of this run only: the stack's own are never touched.
-            bench_settings = settings.model_copy(
-                update={"topic_prefix": f"bench{run_id}.", "state_dir": Path(scratch) / "state"}
-            )
-            provisioned = asyncio.run(provision_topics(bench_settings))
-            if not provisioned.ok:
-                raise BenchError(f"topics differ from their specs: {provisioned.mismatches}")
-            results = asyncio.run(run(bench_settings, args, run_id, Path(scratch)))
+    with bench_stack(run_id, keep_stack=args.keep_stack, scratch_prefix="bench-projections-") as (
+        settings,
+        bench_settings,
+        scratch,
+    ):
+        results = asyncio.run(run(bench_settings, args, run_id, scratch))
         report(results, args)
         print(
             f"\n(bench run {run_id}, topics {bench_settings.topic_prefix}*,"
             f" {settings.topic_partitions} partitions, {os.cpu_count()} cores,"
             f" {time.monotonic() - overall:.0f} s)"
         )
-    finally:
-        if not stack_was_running and not args.keep_stack:
-            say("stack: stopping it (this run started it)")
-            stack.down(say)
     return 0
 
 

@@ -43,7 +43,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -60,6 +59,8 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
     sys.path.insert(0, os.fspath(ROOT))
 
+from bench.common import BenchError, bench_stack, child_env, say
+
 TARGET_EVENTS_PER_S = 5_000
 TARGET_FLOOR_RATIO = 0.5
 WEBHOOK_SECRET = "whsec_bench_streams"
@@ -68,10 +69,6 @@ FLOOR_OUT = "bench-floor-out"
 WAIT_TIMEOUT_S = 120.0
 PUBLISH_BATCH = 500
 STALL_S = 6.0
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 # --- the floor: a minimal Faust app -------------------------------------------------------------
@@ -210,10 +207,6 @@ class Group:
 
     def tail(self, lines: int) -> str:
         return "\n".join(child.tail(lines) for child in self.children)
-
-
-class BenchError(Exception):
-    pass
 
 
 # --- records in -----------------------------------------------------------------------------------
@@ -427,8 +420,6 @@ async def run(settings: Any, args: argparse.Namespace, run_id: str, logs: Path) 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from ledger.codec import EnvelopeCodec
-    from ledger.infra.stack import Stack
-    from ledger.infra.supervisor import settings_env
     from ledger.keystore import ActiveSigner, KeyStore
     from ledger.registry import FileSchemaRegistry
     from ledger.topics import TopicRole, topic_name
@@ -447,14 +438,7 @@ async def run(settings: Any, args: argparse.Namespace, run_id: str, logs: Path) 
     finally:
         await admin.close()
 
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        **Stack(settings).env(),
-        "PYTHONPATH": os.pathsep.join(
-            [os.fspath(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
+    env = child_env(settings)
     worker = Group("worker", [sys.executable, "-m", "streams.worker"], env, logs, args.workers)
     floor = Child(
         "floor", [sys.executable, "-m", "bench.streams", "--floor-worker"], env, logs / "floor.log"
@@ -653,73 +637,51 @@ def main() -> int:
 
     import logging
 
-    from ledger.config import load_settings
     from ledger.infra.mocks import StripeMockPart
     from ledger.infra.part import wait_until_ready
     from ledger.infra.ports import check_ports
-    from ledger.infra.stack import Stack
-    from streams.provision import provision_topics
 
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     overall = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
-    settings = load_settings()
-    stack = Stack(settings)
-    stack_was_running = all(
-        s.pid is not None for s in stack.status() if s.name in ("kafka", "postgres")
-    )
-    stripe = StripeMockPart(settings)
-    stripe_was_running = stripe.running_pid() is not None
-    try:
-        say("stack: up")
-        stack.up(say)
-        if not stripe_was_running:
-            # Only stripe-mock: every payment of this run is a Stripe payment.
-            check_ports(stripe.name, stripe.ports())
-            stripe.prepare()
-            stripe.start_daemon()
-            # Until the child has exec'd, its command line is not stripe-mock's yet.
-            settle = time.monotonic() + 5
-            while stripe.running_pid() is None and time.monotonic() < settle:
-                time.sleep(0.05)
-            wait_until_ready([stripe])
-        keep = args.keep_logs
-        scratch_dir = (
-            contextlib.nullcontext(os.fspath(keep))
-            if keep
-            else tempfile.TemporaryDirectory(prefix="bench-streams-")
-        )
-        with scratch_dir as scratch:
-            # Keys, registry and the worker's data dir of this run only: the
-            # stack's own state (and its signer backend) is never touched.
-            bench_settings = settings.model_copy(
-                update={"topic_prefix": f"bench{run_id}.", "state_dir": Path(scratch) / "state"}
-            )
-            report_ = asyncio.run(provision_topics(bench_settings))
-            if not report_.ok:
-                raise BenchError(f"topics differ from their specs: {report_.mismatches}")
+    with bench_stack(
+        run_id,
+        keep_stack=args.keep_stack,
+        scratch_prefix="bench-streams-",
+        scratch=args.keep_logs,
+    ) as (settings, bench_settings, scratch):
+        # Only stripe-mock of the peers: every payment of this run is a Stripe payment.
+        stripe = StripeMockPart(settings)
+        stripe_was_running = stripe.running_pid() is not None
+        try:
+            if not stripe_was_running:
+                check_ports(stripe.name, stripe.ports())
+                stripe.prepare()
+                stripe.start_daemon()
+                # Until the child has exec'd, its command line is not stripe-mock's yet.
+                settle = time.monotonic() + 5
+                while stripe.running_pid() is None and time.monotonic() < settle:
+                    time.sleep(0.05)
+                wait_until_ready([stripe])
             try:
-                results = asyncio.run(run(bench_settings, args, run_id, Path(scratch)))
+                results = asyncio.run(run(bench_settings, args, run_id, scratch))
             except BenchError:
-                for log in Path(scratch).glob("*.log"):
+                for log in scratch.glob("*.log"):
                     print(f"--- {log.name} (tail)", file=sys.stderr)
                     text = log.read_text(errors="replace").splitlines()
                     errors = [x for x in text if "ERROR" in x or "CRITICAL" in x or "Error" in x]
                     print("\n".join([*errors[:15], "...", *text[-10:]]), file=sys.stderr)
                 raise
-        report(results, args)
-        print(
-            f"\n(bench run {run_id}, topics {bench_settings.topic_prefix}*, "
-            f"{settings.topic_partitions} partitions, {os.cpu_count()} cores, "
-            f"{time.monotonic() - overall:.0f} s)"
-        )
-    finally:
-        if not stripe_was_running and (pid := stripe.running_pid()) is not None:
-            say("stripe-mock: stopping it (this run started it)")
-            stripe.stop(pid)
-        if not stack_was_running and not args.keep_stack:
-            say("stack: stopping it (this run started it)")
-            stack.down(say)
+            report(results, args)
+            print(
+                f"\n(bench run {run_id}, topics {bench_settings.topic_prefix}*, "
+                f"{settings.topic_partitions} partitions, {os.cpu_count()} cores, "
+                f"{time.monotonic() - overall:.0f} s)"
+            )
+        finally:
+            if not stripe_was_running and (pid := stripe.running_pid()) is not None:
+                say("stripe-mock: stopping it (this run started it)")
+                stripe.stop(pid)
     return 0
 
 
