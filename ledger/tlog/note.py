@@ -95,100 +95,74 @@ class NoteVerifier(Protocol):
     def verify(self, message: bytes, signature: bytes) -> None: ...
 
 
+class _NoteKey:
+    """A key's name and its signed-note key ID, what every signer and verifier carries."""
+
+    __slots__ = ("key_id", "name")
+
+    def __init__(self, name: str, signature_type: bytes, public_key: bytes) -> None:
+        self.name = name
+        self.key_id = key_id(name, signature_type, public_key)
+
+
 # Ed25519 -----------------------------------------------------------------------
 
 
-class Ed25519NoteSigner:
-    __slots__ = ("_key_id", "_name", "_signer")
+class Ed25519NoteSigner(_NoteKey):
+    __slots__ = ("_signer",)
 
     def __init__(self, name: str, signer: Signer) -> None:
-        self._name = name
+        super().__init__(name, ED25519_SIGNATURE_TYPE, signer.public_key)
         self._signer = signer
-        self._key_id = key_id(name, ED25519_SIGNATURE_TYPE, signer.public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
 
     def sign(self, message: bytes) -> bytes:
         return self._signer.sign(message)
 
 
-class Ed25519NoteVerifier:
-    __slots__ = ("_key_id", "_name", "_public_key")
+class Ed25519NoteVerifier(_NoteKey):
+    __slots__ = ("_public_key",)
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        self._name = name
+        super().__init__(name, ED25519_SIGNATURE_TYPE, public_key)
         self._public_key = public_key
-        self._key_id = key_id(name, ED25519_SIGNATURE_TYPE, public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
 
     def verify(self, message: bytes, signature: bytes) -> None:
         try:
             verify_ed25519(self._public_key, message, signature)
         except InvalidEnvelope as error:
-            raise InvalidNote(f"Ed25519 signature of {self._name} does not verify") from error
+            raise InvalidNote(f"Ed25519 signature of {self.name} does not verify") from error
 
 
 # ML-DSA-87 ---------------------------------------------------------------------
 
 
-class MLDSA87NoteSigner:
-    __slots__ = ("_key", "_key_id", "_name")
+class MLDSA87NoteSigner(_NoteKey):
+    __slots__ = ("_key",)
 
     def __init__(self, name: str, key: mldsa.MLDSA87PrivateKey) -> None:
-        self._name = name
+        super().__init__(name, MLDSA87_SIGNATURE_TYPE, key.public_key().public_bytes_raw())
         self._key = key
-        self._key_id = key_id(name, MLDSA87_SIGNATURE_TYPE, key.public_key().public_bytes_raw())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
 
 
-class MLDSA87NoteVerifier:
-    __slots__ = ("_key", "_key_id", "_name")
+class MLDSA87NoteVerifier(_NoteKey):
+    __slots__ = ("_key",)
 
     def __init__(self, name: str, public_key: bytes) -> None:
         if len(public_key) != MLDSA87_PUBLIC_KEY_BYTES:
             raise InvalidNote("an ML-DSA-87 public key is 2592 bytes")
-        self._name = name
+        super().__init__(name, MLDSA87_SIGNATURE_TYPE, public_key)
         self._key = mldsa.MLDSA87PublicKey.from_public_bytes(public_key)
-        self._key_id = key_id(name, MLDSA87_SIGNATURE_TYPE, public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
 
     def verify(self, message: bytes, signature: bytes) -> None:
         if len(signature) != MLDSA87_SIGNATURE_BYTES:
-            raise InvalidNote(f"ML-DSA-87 signature of {self._name} has the wrong length")
+            raise InvalidNote(f"ML-DSA-87 signature of {self.name} has the wrong length")
         try:
             self._key.verify(signature, message)
         except InvalidSignature as error:
-            raise InvalidNote(f"ML-DSA-87 signature of {self._name} does not verify") from error
+            raise InvalidNote(f"ML-DSA-87 signature of {self.name} does not verify") from error
 
 
 # The note format ---------------------------------------------------------------
