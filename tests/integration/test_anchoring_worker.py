@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -46,10 +43,10 @@ from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
 from streams.publisher import Published, kafka_publisher
 from tests.support import events
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT_TIMEOUT_S = 300.0
 SHUTDOWN_TIMEOUT_S = 60.0
 POLL_S = 0.05
@@ -352,67 +349,31 @@ def _alive(task: asyncio.Task) -> None:
         raise AssertionError(f"the worker stopped: {task.exception()!r}")
 
 
-class WorkerProcess:
+def anchoring_process(settings: Settings) -> ServiceProcess:
     """``python -m anchoring.worker`` run by the test, so that it can be killed outright."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.env = {
-            **os.environ,
-            "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "PAYLEDGER_STATE_DIR": str(settings.state_dir),
-            "PAYLEDGER_POSTGRES_PORT": str(settings.postgres_port),
-            "PAYLEDGER_ANCHORING_SCHEMA": settings.anchoring_schema,
-            "PAYLEDGER_ANCHORING_CHECKPOINT_EVERY_EVENTS": "40",
-            "PAYLEDGER_ANCHORING_CHECKPOINT_INTERVAL_S": "1",
-            # Small batches: many transactions, so the kill lands between and in them.
-            "PAYLEDGER_ANCHORING_BATCH_RECORDS": "5",
-        }
-        self.state_dir = settings.state_dir
-        self.runs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self) -> None:
-        log_path = self.state_dir / f"anchoring{len(self.runs) + 1}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "anchoring.worker"],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.runs.append((process, log_path))
-
-    @property
-    def current(self) -> subprocess.Popen[bytes]:
-        return self.runs[-1][0]
-
-    def alive(self) -> None:
-        if self.current.poll() is not None:
-            raise AssertionError(f"the worker exited:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name} (exit {process.returncode}) ---\n{path.read_text()[-6000:]}"
-            for process, path in self.runs
-        )
-
-    def cleanup(self) -> None:
-        for process, _ in self.runs:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    env = {
+        **os.environ,
+        "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "PAYLEDGER_STATE_DIR": str(settings.state_dir),
+        "PAYLEDGER_POSTGRES_PORT": str(settings.postgres_port),
+        "PAYLEDGER_ANCHORING_SCHEMA": settings.anchoring_schema,
+        "PAYLEDGER_ANCHORING_CHECKPOINT_EVERY_EVENTS": "40",
+        "PAYLEDGER_ANCHORING_CHECKPOINT_INTERVAL_S": "1",
+        # Small batches: many transactions, so the kill lands between and in them.
+        "PAYLEDGER_ANCHORING_BATCH_RECORDS": "5",
+    }
+    return ServiceProcess("anchoring", ["-m", "anchoring.worker"], env, settings.state_dir)
 
 
 async def test_sigkill_mid_run_then_restart_equals_a_fresh_rebuild(settings: Settings) -> None:
     event_ids = await mixed_events(settings, 450)
     await send_raw(settings, TopicRole.REJECTED, b"\x00\x00\x00\x00")
     total = len(event_ids) + 1
-    worker = WorkerProcess(settings)
+    worker = anchoring_process(settings)
     try:
         worker.start()
         await until(lambda: log_size(settings) >= total // 3, alive=worker.alive)
-        os.kill(worker.current.pid, signal.SIGKILL)
-        assert worker.current.wait(timeout=SHUTDOWN_TIMEOUT_S) == -signal.SIGKILL
+        worker.kill()
         killed_at = log_size(settings)
         assert killed_at < total, "the kill must find work left to do"
 
@@ -423,8 +384,7 @@ async def test_sigkill_mid_run_then_restart_equals_a_fresh_rebuild(settings: Set
             lambda: (c := published_checkpoint(settings)) is not None and c.size == total,
             alive=worker.alive,
         )
-        worker.current.send_signal(signal.SIGTERM)
-        assert worker.current.wait(timeout=SHUTDOWN_TIMEOUT_S) == 0, worker.logs()
+        assert worker.terminate() == 0, worker.logs()
     finally:
         worker.cleanup()
     kafka = await read_ledger(settings)

@@ -19,9 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,6 +42,7 @@ from tests.integration.test_projections_applier import (
     timelines,
     wait_for_positions,
 )
+from tests.support.processes import ServiceProcess
 from tests.unit.test_projections import SCENARIOS, Driver, stripe_succeeded
 
 pytestmark = pytest.mark.integration
@@ -52,72 +50,20 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # Small batches: many transactions, so an interruption lands between and in them.
 BATCH_RECORDS = 5
-SHUTDOWN_TIMEOUT_S = 60.0
 WAIT_TIMEOUT_S = 300.0
 POLL_S = 0.02
 
 
-class AppliedProcess:
+def applier_process(settings: Settings, schema: str) -> ServiceProcess:
     """``python -m projections.worker`` run by the test, so that it can be killed outright."""
-
-    def __init__(self, settings: Settings, schema: str) -> None:
-        self.env = {
-            **os.environ,
-            "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "PAYLEDGER_STATE_DIR": str(settings.state_dir),
-            "PAYLEDGER_POSTGRES_PORT": str(settings.postgres_port),
-        }
-        self.schema = schema
-        self.state_dir = settings.state_dir
-        self.runs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self) -> None:
-        log_path = self.state_dir / f"applier{len(self.runs) + 1}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "projections.worker",
-                    "--schema",
-                    self.schema,
-                    "--batch-records",
-                    str(BATCH_RECORDS),
-                ],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.runs.append((process, log_path))
-
-    @property
-    def current(self) -> subprocess.Popen[bytes]:
-        return self.runs[-1][0]
-
-    def alive(self) -> None:
-        if self.current.poll() is not None:
-            raise AssertionError(f"the applier exited:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name} (exit {process.returncode}) ---\n{path.read_text()[-6000:]}"
-            for process, path in self.runs
-        )
-
-    def kill(self) -> None:
-        os.kill(self.current.pid, signal.SIGKILL)
-        assert self.current.wait(timeout=SHUTDOWN_TIMEOUT_S) == -signal.SIGKILL
-
-    def terminate(self) -> int:
-        self.current.send_signal(signal.SIGTERM)
-        return self.current.wait(timeout=SHUTDOWN_TIMEOUT_S)
-
-    def cleanup(self) -> None:
-        for process, _ in self.runs:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    env = {
+        **os.environ,
+        "PAYLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "PAYLEDGER_STATE_DIR": str(settings.state_dir),
+        "PAYLEDGER_POSTGRES_PORT": str(settings.postgres_port),
+    }
+    argv = ["-m", "projections.worker", "--schema", schema, "--batch-records", str(BATCH_RECORDS)]
+    return ServiceProcess("applier", argv, env, settings.state_dir)
 
 
 def backlog(count: int) -> list[Driver]:
@@ -131,7 +77,7 @@ def backlog(count: int) -> list[Driver]:
 
 
 async def until_committed(
-    dsn: str, schema: str, topic: str, applier: AppliedProcess, at_least: int
+    dsn: str, schema: str, topic: str, applier: ServiceProcess, at_least: int
 ) -> int:
     """Until the applier committed ``at_least`` records; returns how many it has."""
     async with asyncio.timeout(WAIT_TIMEOUT_S):
@@ -143,7 +89,7 @@ async def until_committed(
             await asyncio.sleep(POLL_S)
 
 
-async def until_logged(applier: AppliedProcess, text: str) -> None:
+async def until_logged(applier: ServiceProcess, text: str) -> None:
     """Until the applier's log says ``text``."""
     async with asyncio.timeout(WAIT_TIMEOUT_S):
         while text not in applier.logs():
@@ -175,7 +121,7 @@ async def test_sigterm_and_sigkill_mid_run_then_restart(settings: Settings, sche
     published = await publish(settings, envelopes)
     total = len(envelopes)
     dsn, topic = settings.dsn(), events_topic(settings)
-    applier = AppliedProcess(settings, schema)
+    applier = applier_process(settings, schema)
     try:
         # SIGTERM: the batch in flight commits, and the process exits 0.
         applier.start()
@@ -231,7 +177,7 @@ async def test_postgres_stopped_and_restarted_mid_run(own_postgres) -> None:
     first = backlog(150)
     published = await publish(settings, [e for d in first for e in d.envelopes()])
     dsn, topic, schema = settings.dsn(), events_topic(settings), "projections"
-    applier = AppliedProcess(settings, schema)
+    applier = applier_process(settings, schema)
     try:
         applier.start()
         committed = await until_committed(dsn, schema, topic, applier, len(published) // 4)

@@ -25,10 +25,7 @@ same state. When every payment is done:
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -66,8 +63,9 @@ from streams.providers import derive_idempotency_key
 from streams.provision import provision_topics
 from streams.publisher import Published, kafka_publisher
 from tests.integration.test_envelope_kafka import auditor
+from tests.support.processes import ServiceProcess
 from tests.support.recording_proxy import Exchange, RecordingProxy, recording_proxy
-from tests.support.streams import REPO, succeeded_intent, worker_env
+from tests.support.streams import succeeded_intent, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -111,65 +109,25 @@ def proxy(provider_mocks: Settings) -> Iterator[RecordingProxy]:
         yield proxy
 
 
-class Worker:
+def worker_process(settings: Settings, proxy: RecordingProxy) -> ServiceProcess:
     """``python -m streams.worker`` run by the test, so that it can be killed outright."""
-
-    def __init__(self, settings: Settings, proxy: RecordingProxy) -> None:
-        # The worker reaches Stripe through the proxy: stripe_mock_port is
-        # what its Stripe base URL is built from when no URL is set.
-        routed = settings.model_copy(update={"stripe_mock_port": proxy.port})
-        self.env = worker_env(routed)
-        self.env.pop("PAYLEDGER_STRIPE_API_BASE_URL", None)
-        self.state_dir = settings.state_dir
-        self.runs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log_path = self.state_dir / f"worker{len(self.runs) + 1}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streams.worker"],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.runs.append((process, log_path))
-        return process
-
-    @property
-    def current(self) -> subprocess.Popen[bytes]:
-        return self.runs[-1][0]
-
-    def log_tail(self, chars: int = 6000) -> str:
-        return "\n".join(
-            f"--- {path.name} (exit {process.returncode}) ---\n{path.read_text()[-chars:]}"
-            for process, path in self.runs
-        )
-
-    def kill(self) -> None:
-        os.kill(self.current.pid, signal.SIGKILL)
-        assert self.current.wait(timeout=limits.STREAMS_SHUTDOWN_TIMEOUT_S) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        process = self.current
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=limits.STREAMS_SHUTDOWN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-
-    def cleanup(self) -> None:
-        for process, _ in self.runs:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    # The worker reaches Stripe through the proxy: stripe_mock_port is
+    # what its Stripe base URL is built from when no URL is set.
+    routed = settings.model_copy(update={"stripe_mock_port": proxy.port})
+    env = worker_env(routed)
+    env.pop("PAYLEDGER_STRIPE_API_BASE_URL", None)
+    return ServiceProcess(
+        "worker",
+        ["-m", "streams.worker"],
+        env,
+        settings.state_dir,
+        shutdown_timeout_s=limits.STREAMS_SHUTDOWN_TIMEOUT_S,
+    )
 
 
 @pytest.fixture
-def worker(settings: Settings, proxy: RecordingProxy) -> Iterator[Worker]:
-    worker = Worker(settings, proxy)
+def worker(settings: Settings, proxy: RecordingProxy) -> Iterator[ServiceProcess]:
+    worker = worker_process(settings, proxy)
     try:
         yield worker
     finally:
@@ -245,12 +203,14 @@ class Progress:
             tp in committed and committed[tp].offset >= end for tp, end in self.inputs.items()
         )
 
-    async def until(self, done: Callable[[], Awaitable[bool]], worker: Worker, what: str) -> None:
+    async def until(
+        self, done: Callable[[], Awaitable[bool]], worker: ServiceProcess, what: str
+    ) -> None:
         try:
             async with asyncio.timeout(RUN_TIMEOUT_S):
                 while not await done():
                     if worker.current.poll() is not None:
-                        pytest.fail(f"the worker exited while {what}:\n{worker.log_tail()}")
+                        pytest.fail(f"the worker exited while {what}:\n{worker.logs()}")
                     calls = len(self.proxy.exchanges())
                     batch = await self.consumer.getmany(timeout_ms=POLL_MS)
                     for messages in batch.values():
@@ -261,7 +221,7 @@ class Progress:
         except TimeoutError:
             pytest.fail(
                 f"stalled while {what}: {self.total} of {EXPECTED_EVENTS} events committed\n"
-                f"{worker.log_tail()}"
+                f"{worker.logs()}"
             )
 
 
@@ -323,7 +283,7 @@ def operation_of(exchange: Exchange) -> tuple[str, str]:
 
 @pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 async def test_sigkill_mid_backlog_then_restart_loses_and_doubles_nothing(
-    settings: Settings, proxy: RecordingProxy, worker: Worker
+    settings: Settings, proxy: RecordingProxy, worker: ServiceProcess
 ) -> None:
     store = KeyStore(settings)
     registry = FileSchemaRegistry(settings.registry_dir)
@@ -370,8 +330,8 @@ async def test_sigkill_mid_backlog_then_restart_loses_and_doubles_nothing(
         in_flight_at_kill = progress.calls_since_last_commit
         worker.start()
         await progress.until(all_done, worker, "finishing after the restart")
-    code = worker.stop()
-    assert code in (0, -signal.SIGTERM), worker.log_tail()
+    code = worker.terminate()
+    assert code in (0, -signal.SIGTERM), worker.logs()
     # The kill came mid-run: some events were committed, not all.
     assert 0 < seen_at_kill < EXPECTED_EVENTS, (seen_at_kill, calls_at_kill)
 
