@@ -33,8 +33,6 @@ SHA-256 under an advisory lock.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +43,9 @@ from typing import Any, Final, LiteralString
 import psycopg
 from psycopg import sql
 
-from ledger.errors import ConfigurationError, InfrastructureError
+from ledger.errors import InfrastructureError
+from ledger.migrations import check_schema_name as schema_name
+from ledger.migrations import migration_files
 from ledger.tlog.errors import TreeError
 from ledger.tlog.leaf import LeafRecord
 from ledger.tlog.merkle import leaf_hash
@@ -68,23 +68,10 @@ REFUSED: Final = (psycopg.errors.IntegrityError, psycopg.errors.DataError)
 # The database could not be used: the same batch may be retried.
 UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError)
 
-_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*$")
-
 
 def check_schema_name(schema: str) -> str:
     """``schema`` when it may name an anchoring schema; else ``ConfigurationError``."""
-    if (
-        not 0 < len(schema) <= SCHEMA_NAME_CHARS_MAX
-        or not _SCHEMA.match(schema)
-        or schema.startswith("pg_")
-        or schema in ("public", "information_schema")
-    ):
-        raise ConfigurationError(
-            f"{schema[:80]!r} is not an anchoring schema name: lower-case letters, digits and"
-            f" underscores, at most {SCHEMA_NAME_CHARS_MAX} characters, not public or pg_*"
-        )
-    return schema
+    return schema_name(schema, "an anchoring", SCHEMA_NAME_CHARS_MAX)
 
 
 def connect(dsn: str, schema: str) -> Connection:
@@ -104,14 +91,7 @@ def connect(dsn: str, schema: str) -> Connection:
 def migrate(connection: Connection, schema: str, directory: Path = SQL_DIR) -> list[str]:
     """Create ``schema`` if needed and apply its pending migrations; returns the names applied."""
     check_schema_name(schema)
-    found: list[tuple[int, str, str]] = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION.match(path.name)
-        if match is None:
-            raise InfrastructureError(f"{path.name}: migration files are named NNN_name.sql")
-        found.append((int(match.group(1)), path.name, path.read_text()))
-    if len({version for version, _, _ in found}) != len(found):
-        raise InfrastructureError("two anchoring migrations share a number")
+    found = migration_files(directory, "anchoring")
     applied: list[str] = []
     lock = (LOCK_CLASS, f"migrate:{schema}")
     connection.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", lock)
@@ -128,26 +108,26 @@ def migrate(connection: Connection, schema: str, directory: Path = SQL_DIR) -> l
         done = dict(
             connection.execute(sql.SQL("SELECT version, checksum FROM {}").format(table)).fetchall()
         )
-        for version, name, text in found:
-            checksum = hashlib.sha256(text.encode()).hexdigest()
-            if version in done:
-                if done[version] != checksum:
+        for migration in found:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
                     raise InfrastructureError(
-                        f"anchoring migration {name} changed after it was applied to {schema}"
+                        f"anchoring migration {migration.name} changed after it was applied"
+                        f" to {schema}"
                     )
                 continue
             with connection.transaction():
                 connection.execute(
                     sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema))
                 )
-                connection.execute(text.encode())
+                connection.execute(migration.sql.encode())
                 connection.execute(
                     sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
                         table
                     ),
-                    (version, name, checksum),
+                    (migration.version, migration.name, migration.checksum),
                 )
-            applied.append(name)
+            applied.append(migration.name)
     finally:
         connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", lock)
     return applied

@@ -9,9 +9,6 @@ applied migrations are history and are never edited.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -19,9 +16,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.config import Settings
 from ledger.errors import InfrastructureError
+from ledger.migrations import Migration, migration_files
 
 SQL_DIR = Path(__file__).with_name("sql")
-_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 0x7061796C  # "payl": one advisory lock id for ingress migrations
 POOL_CONNECTIONS_MIN = 2
 POOL_CONNECTIONS_MAX = 16
@@ -29,28 +26,8 @@ POOL_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
 def migrations(directory: Path = SQL_DIR) -> list[Migration]:
-    found = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION.match(path.name)
-        if match is None:
-            raise InfrastructureError(f"{path.name}: migration files are named NNN_name.sql")
-        found.append(Migration(int(match.group(1)), path.name, path.read_text()))
-    versions = [migration.version for migration in found]
-    if len(set(versions)) != len(versions):
-        raise InfrastructureError("two migrations share a number")
-    return found
+    return migration_files(directory, "ingress")
 
 
 async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[str]:

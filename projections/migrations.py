@@ -15,70 +15,33 @@ edited. Nothing here drops anything.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
-from ledger.errors import ConfigurationError, InfrastructureError
+from ledger.errors import InfrastructureError
+from ledger.migrations import Migration, migration_files
+from ledger.migrations import check_schema_name as schema_name
 from projections import limits
 
 SQL_DIR: Final = Path(__file__).with_name("sql")
 DEFAULT_SCHEMA: Final = "projections"
 MIGRATIONS_TABLE: Final = "schema_migrations"
-_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-# Lower-case identifiers only: they never need quoting in a psql session, and
-# Postgres's own namespaces stay out of reach.
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*$")
-_RESERVED_SCHEMAS: Final = frozenset({"public", "information_schema"})
 # The first key of every advisory lock the projections take ("prjn"); the
 # second is the hash of the schema name, so schemas never wait on each other.
 LOCK_CLASS: Final = 0x70726A6E
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
 def check_schema_name(schema: str) -> str:
     """``schema`` when it is a name a projections schema may have; else ``ConfigurationError``."""
-    if (
-        not 0 < len(schema) <= limits.SCHEMA_NAME_CHARS_MAX
-        or not _SCHEMA.match(schema)
-        or schema.startswith("pg_")
-        or schema in _RESERVED_SCHEMAS
-    ):
-        raise ConfigurationError(
-            f"{schema[:80]!r} is not a projections schema name: lower-case letters, digits and"
-            f" underscores, at most {limits.SCHEMA_NAME_CHARS_MAX} characters, not starting with"
-            " a digit or pg_, not public"
-        )
-    return schema
+    return schema_name(schema, "a projections", limits.SCHEMA_NAME_CHARS_MAX)
 
 
 def migrations(directory: Path = SQL_DIR) -> list[Migration]:
     """The migration files of ``directory``, in order; refuses misnamed or duplicate ones."""
-    found = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION.match(path.name)
-        if match is None:
-            raise InfrastructureError(f"{path.name}: migration files are named NNN_name.sql")
-        found.append(Migration(int(match.group(1)), path.name, path.read_text()))
-    versions = [migration.version for migration in found]
-    if len(set(versions)) != len(versions):
-        raise InfrastructureError("two projection migrations share a number")
-    return found
+    return migration_files(directory, "projection")
 
 
 async def migrate(dsn: str, schema: str = DEFAULT_SCHEMA, directory: Path = SQL_DIR) -> list[str]:
