@@ -227,10 +227,15 @@ def kubo_up(settings: Settings, progress: Progress = _quiet) -> PartStatus:
             progress(f"{part.name}: preparing")
             part.prepare()
             progress(f"{part.name}: starting on {kubo_api_url(settings)}")
-            part.start_daemon()
+            started = part.start_daemon()
+            try:
+                wait_until_ready([part])
+            except BaseException:
+                part.stop(started)  # nothing half started stays behind
+                raise
         else:
             progress(f"{part.name}: already running (pid {pid})")
-        wait_until_ready([part])
+            wait_until_ready([part])
     return part.status()
 
 

@@ -529,14 +529,21 @@ class MockStack:
             with ThreadPoolExecutor(max_workers=len(self.parts)) as pool:
                 for future in [pool.submit(self._prepare, part, progress) for part in stopped]:
                     future.result()
-            for part in self.parts:
-                if part in stopped:
-                    progress(f"{part.name}: starting")
-                    part.start_daemon()
-                else:
-                    progress(f"{part.name}: already running (pid {part.running_pid()})")
-            progress("waiting until every mock answers")
-            wait_until_ready(self.parts)
+            started: list[tuple[ServerPart, int]] = []
+            try:
+                for part in self.parts:
+                    if part in stopped:
+                        progress(f"{part.name}: starting")
+                        started.append((part, part.start_daemon()))
+                    else:
+                        progress(f"{part.name}: already running (pid {part.running_pid()})")
+                progress("waiting until every mock answers")
+                wait_until_ready(self.parts)
+            except BaseException:
+                # Nothing half started stays behind: what this call started, it stops.
+                for part, pid in reversed(started):
+                    part.stop(pid)
+                raise
         return self.status()
 
     @staticmethod

@@ -131,3 +131,55 @@ def test_ports_and_urls_are_checked(tmp_path: Path) -> None:
     assert settings.stripe_base_url() == "https://api.stripe.com"
     assert settings.paypal_base_url() == "http://127.0.0.1:14010"
     assert settings.paypal_specs_path().name == "paypal"
+
+
+class _NeverReady:
+    """A part that starts (a PID) but never answers, and records being stopped."""
+
+    name = "never-ready"
+    log_path = Path("/nonexistent/never-ready.log")
+    stopped: list[int]
+
+    def __init__(self) -> None:
+        self.stopped = []
+        self.running: int | None = None
+
+    def running_pid(self) -> int | None:
+        return self.running
+
+    def ports(self) -> list[object]:
+        return []
+
+    def prepare(self) -> None:
+        return None
+
+    def start_daemon(self) -> int:
+        self.running = 424242
+        return self.running
+
+    def is_ready(self) -> bool:
+        return False
+
+    def stop(self, pid: int) -> None:
+        self.stopped.append(pid)
+        self.running = None
+
+
+def test_up_stops_what_it_started_when_a_mock_never_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.errors import InfrastructureError
+    from ledger.infra import part as part_module
+    from ledger.infra.mocks import MockStack
+
+    monkeypatch.setattr(part_module, "POLL_INTERVAL_S", 0.01)
+    stack = MockStack(settings)
+    never = _NeverReady()
+    stack.parts = [never]  # type: ignore[list-item]
+    monkeypatch.setattr(
+        "ledger.infra.mocks.wait_until_ready",
+        lambda parts: part_module.wait_until_ready(parts, timeout_s=0.05),
+    )
+    with pytest.raises(InfrastructureError, match="did not become ready"):
+        stack.up()
+    assert never.stopped == [424242]
