@@ -40,7 +40,6 @@ from ledger.tlog.cid import Cid
 from ledger.topics import TopicRole
 from streams.provision import provision_topics
 from tests.integration.test_anchoring_worker import (
-    REPO,
     SHUTDOWN_TIMEOUT_S,
     _alive,
     mixed_events,
@@ -50,6 +49,7 @@ from tests.integration.test_anchoring_worker import (
     until,
 )
 from tests.support import btcd, kubo
+from tests.support.streams import REPO
 
 pytestmark = pytest.mark.integration
 
