@@ -12,6 +12,16 @@ Modules::
 
 from ledger.audit.balances import Balances
 from ledger.audit.checker import LogChecker, Record
-from ledger.audit.report import Check, Finding, Report
+from ledger.audit.report import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, Check, Finding, Report
 
-__all__ = ["Balances", "Check", "Finding", "LogChecker", "Record", "Report"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_FINDINGS",
+    "EXIT_OK",
+    "Balances",
+    "Check",
+    "Finding",
+    "LogChecker",
+    "Record",
+    "Report",
+]

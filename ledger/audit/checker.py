@@ -22,7 +22,9 @@ A record that fails to decode or verify is reported and checked no further.
 started at 1, and gaps that no later record filled.
 
 A redelivery (the same event id and the same content at a payment's sequence
-number already seen) is counted, not reported. Content is everything the
+number already seen, before any later sequence number of that payment) is
+counted, not reported; the same event again after a later one is a copy
+re-published out of sequence, and reported. Content is everything the
 event says, not when or by which key it was signed: ``recorded_at``,
 ``producer``, ``signing_key_id`` and ``signature`` are left out, so an event
 published again after a crash is still the same event.
@@ -118,7 +120,8 @@ class LogChecker:
     def balances(self) -> Balances:
         return self._balances
 
-    def feed(self, record: Record) -> None:
+    def feed(self, record: Record) -> str | None:
+        """Check one record; return its event id, or None when it does not decode."""
         if self._finished:
             raise RuntimeError("the checker has finished; start a new one")
         self._report.records += 1
@@ -126,26 +129,27 @@ class LogChecker:
             decoded = self._verifier.codec.decode(record.value)
         except InvalidEnvelope as error:
             self._find(record, None, Check.DECODE, error.reason.value, error.detail)
-            return
+            return None
         self._report.passed(Check.DECODE)
         envelope = decoded.envelope
         if record.topic == self._keys_topic:
             self._endorsement(record, envelope)
-            return
+            return envelope.event_id
         try:
             self._verifier.verify(decoded)
         except InvalidEnvelope as error:
             self._find(record, envelope.event_id, Check.SIGNATURE, error.reason.value, error.detail)
-            return
+            return envelope.event_id
         self._report.passed(Check.SIGNATURE)
         self._record_key(record, envelope.event_id, envelope.aggregate_id)
         if record.topic != self._payment_events_topic:
-            return
+            return envelope.event_id
         if not isinstance(envelope.payload, PaymentEvent):
             detail = f"{type(envelope.payload).__name__} on the payment-events topic"
             self._find(record, envelope.event_id, Check.DECODE, "unexpected-payload", detail)
-            return
+            return envelope.event_id
         self._payment_event(record, envelope, envelope.payload)
+        return envelope.event_id
 
     def finish(self) -> Report:
         """Run the end-of-log checks and return the report (once)."""
@@ -204,6 +208,15 @@ class LogChecker:
         earlier = payment.events.get(sequence)
         if earlier is not None:
             if (earlier.event_id, earlier.content_sha256) == (seen.event_id, seen.content_sha256):
+                if sequence < payment.highest_sequence:
+                    # The same event again after the payment moved on: a copy
+                    # re-published out of sequence, not a producer's retry.
+                    detail = (
+                        f"{payment_id} sequence {sequence} again after {payment.highest_sequence}; "
+                        f"first at partition {earlier.partition} offset {earlier.offset}"
+                    )
+                    self._find(record, event_id, Check.SEQUENCE, "republished", detail)
+                    return
                 self._report.redeliveries += 1
                 return
             detail = (

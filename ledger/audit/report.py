@@ -10,8 +10,14 @@ field is only ever added::
       "redeliveries": 2,           # byte-for-byte repeats of a payment event (not findings)
       "checks": {"signature": {"checked": 1234, "failed": 0}, ...},
       "findings": [ {finding}, ... ],
-      "findings_dropped": 0        # findings past ``findings_max``: counted, not kept
+      "findings_dropped": 0,       # findings past ``findings_max``: counted, not kept
+      "errors": ["..."],           # what stopped a check from running at all
+      "facts": {"tree_size": 1234, ...}   # figures of the run (names are stable)
     }
+
+``exit_code``: 0 when every check ran and nothing was found; 1 when
+anything was found (a finding is definitive, even if another check could
+not run); 2 when nothing was found but a check could not run.
 
 and of one finding (``Finding.to_json``)::
 
@@ -31,6 +37,9 @@ from enum import StrEnum
 from typing import Any, Final
 
 REPORT_FORMAT: Final = "payledger-audit-report/1"
+EXIT_OK: Final = 0
+EXIT_FINDINGS: Final = 1
+EXIT_ERROR: Final = 2
 FINDINGS_MAX_DEFAULT: Final = 10_000  # findings kept in one report; the rest are counted
 DETAIL_CHARS_MAX: Final = 500  # one finding's detail
 
@@ -48,6 +57,17 @@ class Check(StrEnum):
     TRANSITION = "transition"  # each status change is in the provider's table
     PROVIDER = "provider"  # a payment keeps its provider
     PARTITION = "partition"  # a payment's events share one partition
+    # The Merkle log and its anchors (``ledger.audit.anchors``).
+    LEAF = "leaf"  # every ledger record is a leaf, every leaf a record in Kafka
+    BUNDLE = "bundle"  # each checkpoint's leaf bundle is published, readable, contiguous
+    CHECKPOINT = "checkpoint"  # the note parses, its signatures verify, the record agrees
+    CHECKPOINT_ROOT = "checkpoint-root"  # the root recomputed from the leaves is the note's
+    CONSISTENCY = "consistency"  # each checkpoint extends the previous one (RFC 9162)
+    CID = "cid"  # the IPFS CIDs recomputed from the published bytes
+    TIMESTAMP = "timestamp"  # the OpenTimestamps proof commits to the note, in a block
+    # The live read models (``projections.audit``).
+    BALANCES = "balances"  # balances replayed from the log equal the live projection
+    PROJECTION = "projection"  # projections rebuilt from the log equal the live ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +105,40 @@ class Report:
     findings_dropped: int = 0
     checked: Counter[Check] = field(default_factory=Counter)
     failed: Counter[Check] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    facts: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.findings and not self.findings_dropped
+        """Every check ran and nothing was found."""
+        return not self.findings and not self.findings_dropped and not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        if self.findings or self.findings_dropped:
+            return EXIT_FINDINGS
+        return EXIT_ERROR if self.errors else EXIT_OK
+
+    def error(self, message: str) -> None:
+        """A check that could not run (the input was unreachable, not wrong)."""
+        self.errors.append(message[:DETAIL_CHARS_MAX])
+
+    def merge(self, other: Report) -> None:
+        """Add another report's counts, findings, errors and facts (numbers add up)."""
+        self.records += other.records
+        self.redeliveries += other.redeliveries
+        self.checked.update(other.checked)
+        self.failed.update(other.failed)
+        room = max(self.findings_max - len(self.findings), 0)
+        self.findings.extend(other.findings[:room])
+        self.findings_dropped += other.findings_dropped + max(len(other.findings) - room, 0)
+        self.errors.extend(other.errors)
+        for name, value in other.facts.items():
+            mine = self.facts.get(name)
+            if isinstance(mine, int) and isinstance(value, int):
+                self.facts[name] = mine + value
+            else:
+                self.facts[name] = value
 
     def passed(self, check: Check) -> None:
         self.checked[check] += 1
@@ -124,4 +174,6 @@ class Report:
             },
             "findings": [finding.to_json() for finding in self.findings],
             "findings_dropped": self.findings_dropped,
+            "errors": list(self.errors),
+            "facts": dict(self.facts),
         }

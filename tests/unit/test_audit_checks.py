@@ -353,11 +353,25 @@ def test_a_redelivery_is_counted_not_reported(ledger: Ledger) -> None:
     # The same event signed again later (another recorded_at) is the same event.
     resigned = replace(CLEAN[("pay_a", 3)], recorded_at=events.T0 + timedelta(minutes=5))
     copies = [replace(records[3], offset=10), replace(ledger.log([resigned])[0], offset=11)]
-    checker = ledger.audit([*records, *copies])
+    # Delivered again before the payment moved on: a producer's retry.
+    checker = ledger.audit([*records[:4], *copies, *records[4:]])
     report = checker.finish()
     assert report.findings == []
     assert report.redeliveries == 2
     assert checker.balances.get("provider:stripe:clearing", "EUR").debit_minor == 1050
+
+
+def test_a_valid_record_republished_after_later_events_is_reported(ledger: Ledger) -> None:
+    records = ledger.log(clean_envelopes())
+    later = [r for r in records[4:] if r.key == b"pay_a"]
+    assert later, "the clean log has pay_a events after its sequence 3"
+    copy = replace(records[3], offset=99)
+    report = ledger.audit([*records, copy]).finish()
+    event_id = CLEAN[("pay_a", 3)].event_id
+    assert summary(report.findings) == [
+        located(copy, event_id, Check.SEQUENCE, "republished"),
+    ]
+    assert report.redeliveries == 0
 
 
 def test_an_unbalanced_posting_is_refused(ledger: Ledger) -> None:
