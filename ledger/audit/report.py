@@ -22,7 +22,7 @@ not run); 2 when nothing was found but a check could not run.
 and of one finding (``Finding.to_json``)::
 
     {"topic": "...", "partition": 0, "offset": 17, "event_id": "..." or null,
-     "check": "sequence", "reason": "gap", "detail": "..."}
+     "check": "sequence", "reason": "gap", "detail": "...", "where": null}
 
 ``check`` is one of ``Check``; ``reason`` is a short machine-readable word for
 the way the check failed (for ``decode`` and ``signature``, the
@@ -31,6 +31,7 @@ the way the check failed (for ``decode`` and ``signature``, the
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -81,6 +82,11 @@ class Finding:
     check: Check
     reason: str
     detail: str = ""
+    # Where outside Kafka, when the thing found is not a record: a Postgres
+    # row ("projections.account_balances account=... currency=..."), an IPFS
+    # CID. Its topic, partition and offset are then those of the record the
+    # thing comes from when one is known, or "" / -1 / -1.
+    where: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +97,7 @@ class Finding:
             "check": self.check.value,
             "reason": self.reason,
             "detail": self.detail,
+            "where": self.where,
         }
 
 
@@ -149,15 +156,7 @@ class Report:
         if len(self.findings) < self.findings_max:
             detail = finding.detail[:DETAIL_CHARS_MAX]
             if detail != finding.detail:
-                finding = Finding(
-                    finding.topic,
-                    finding.partition,
-                    finding.offset,
-                    finding.event_id,
-                    finding.check,
-                    finding.reason,
-                    detail,
-                )
+                finding = dataclasses.replace(finding, detail=detail)
             self.findings.append(finding)
         else:
             self.findings_dropped += 1

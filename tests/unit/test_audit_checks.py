@@ -255,9 +255,12 @@ def test_the_report_is_json_with_stable_fields(ledger: Ledger) -> None:
             "check": "signature",
             "reason": "bad-signature",
             "detail": "",
+            "where": None,
         }
     ]
     assert document["findings_dropped"] == 0
+    assert document["errors"] == []
+    assert document["facts"] == {}
     assert json.loads(json.dumps(checker.balances.to_json()))[0] == {
         "account": "merchant:mer_a:fees",
         "currency": "EUR",
