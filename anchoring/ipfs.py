@@ -155,6 +155,14 @@ class KuboClient:
             raise CidMismatch(f"Kubo returned content for {cid} whose CID is {computed}")
         return content
 
+    async def fetch(self, cid: Cid, *, content_bytes_max: int = PUBLICATION_BYTES_MAX) -> bytes:
+        """The bytes the node serves for ``cid``, unchecked.
+
+        For an auditor who recomputes the CID itself and reports a mismatch
+        as a finding, rather than as an error that stops the check.
+        """
+        return await self._cat(cid, content_bytes_max)
+
     async def read_bundle(self, cid: Cid) -> LeafBundle:
         return LeafBundle.from_bytes(await self.read(cid))
 

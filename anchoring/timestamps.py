@@ -1,18 +1,14 @@
-"""OpenTimestamps proofs: build from a block, verify against a node, calendar client.
+"""OpenTimestamps proofs: build from a block, calendar client, and (re-exported) verification.
 
 A proof is a standard ``.ots`` file (``DetachedTimestampFile``) over the
 SHA-256 digest of what was stamped (a checkpoint's text): the same bytes the
-``ots`` command reads. It walks from the digest, through the operations of
-the proof, to one or more attestations:
+``ots`` command reads. Reading and verifying proofs (``parse_proof``,
+``is_complete``, ``verify_timestamp``, ``merge_proofs``, ``InvalidTimestamp``,
+``BlockHeaderSource``) lives in ``ledger.tlog.ots``, where the auditor uses it
+too; every one of those names is importable from here as well.
 
-    PendingAttestation             a calendar promised a Bitcoin commitment later
-    BitcoinBlockHeaderAttestation  the message reached is the merkle root of the
-                                   block at this height
-
-``verify_timestamp`` fetches the header of every attested block from a node
-and checks its merkle root; it returns the earliest block's height and time,
-or raises ``InvalidTimestamp`` whatever the reason. A proof with only pending
-attestations does not verify: it is not a timestamp yet.
+``proof_from_block`` makes a complete proof from a block that carries the
+digest (the direct stamping of ``anchoring.bitcoin``).
 
 ``CalendarClient`` speaks the calendar protocol (POST ``/digest`` answers a
 timestamp ending in a pending attestation; GET ``/timestamp/<commitment>``
@@ -27,39 +23,61 @@ caller runs them with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from bitcoin.core import CBlock, CBlockHeader
+from bitcoin.core import CBlock
 from opentimestamps.bitcoin import make_timestamp_from_block
 from opentimestamps.calendar import CommitmentNotFoundError, RemoteCalendar
-from opentimestamps.core.notary import (
-    BitcoinBlockHeaderAttestation,
-    PendingAttestation,
-    VerificationError,
-)
+from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
 from opentimestamps.core.op import OpAppend, OpSHA256
-from opentimestamps.core.serialize import (
-    BytesDeserializationContext,
-    BytesSerializationContext,
-    DeserializationError,
-)
-from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp
+from opentimestamps.core.timestamp import Timestamp
 
 from ledger.config import Settings
 from ledger.errors import ConfigurationError
 from ledger.tlog.errors import AnchoringError
+from ledger.tlog.ots import (
+    BLOCK_HEADER_BYTES,
+    DIGEST_BYTES,
+    OTS_PROOF_BYTES_MAX,
+    BitcoinTime,
+    BlockHeaderSource,
+    InvalidTimestamp,
+    is_complete,
+    merge_proofs,
+    parse_proof,
+    serialize_proof,
+    verify_timestamp,
+)
+from ledger.tlog.ots import attestations as _attestations
+from ledger.tlog.ots import check_digest as _check_digest
 
-DIGEST_BYTES: Final = 32
-BLOCK_HEADER_BYTES: Final = 80
-# The largest .ots accepted. A direct proof is about 1 kB (the stamping
-# transaction plus a merkle path); a calendar proof a few kB.
-OTS_PROOF_BYTES_MAX: Final = 65_536
+__all__ = [
+    "BLOCK_HEADER_BYTES",
+    "CALENDAR_NONCE_BYTES",
+    "COMMITMENT_TX_BYTES_MAX",
+    "DIGEST_BYTES",
+    "OTS_PROOF_BYTES_MAX",
+    "USER_AGENT",
+    "BitcoinTime",
+    "BlockHeaderSource",
+    "CalendarClient",
+    "InvalidTimestamp",
+    "PendingUpgrades",
+    "TimestampError",
+    "UpgradeResult",
+    "is_complete",
+    "merge_proofs",
+    "parse_proof",
+    "proof_from_block",
+    "serialize_proof",
+    "verify_timestamp",
+]
+
 # Transactions larger than this are not searched for the digest when a proof
 # is built from a block; the stamping transaction is about 235 bytes.
 COMMITMENT_TX_BYTES_MAX: Final = 1_000
@@ -75,52 +93,6 @@ class TimestampError(AnchoringError):
     """A timestamp could not be made: node or calendars refused, or none answered."""
 
 
-class InvalidTimestamp(AnchoringError):
-    """An .ots proof is malformed, is for another digest, or does not match the chain."""
-
-
-class BlockHeaderSource(Protocol):
-    def block_header(self, height: int) -> bytes | None:
-        """The 80-byte header of the active chain's block at ``height``, None if none."""
-
-
-@dataclass(frozen=True, slots=True)
-class BitcoinTime:
-    """Where a verified proof lands: the earliest attested block."""
-
-    height: int
-    block_time: dt.datetime
-
-
-def _check_digest(digest: bytes) -> None:
-    if len(digest) != DIGEST_BYTES:
-        raise ValueError(f"a SHA-256 digest is {DIGEST_BYTES} bytes, not {len(digest)}")
-
-
-def serialize_proof(timestamp: Any) -> bytes:
-    """The .ots bytes of a timestamp over a SHA-256 digest."""
-    ctx = BytesSerializationContext()
-    DetachedTimestampFile(OpSHA256(), timestamp).serialize(ctx)
-    data: bytes = ctx.getbytes()
-    return data
-
-
-def parse_proof(ots: bytes, digest: bytes) -> Any:
-    """The ``Timestamp`` of a .ots file, checked to be over ``digest``."""
-    _check_digest(digest)
-    if len(ots) > OTS_PROOF_BYTES_MAX:
-        raise InvalidTimestamp(f"proof is larger than {OTS_PROOF_BYTES_MAX} bytes")
-    try:
-        detached = DetachedTimestampFile.deserialize(BytesDeserializationContext(ots))
-    except (DeserializationError, ValueError, TypeError) as error:
-        raise InvalidTimestamp(f"not an OpenTimestamps proof: {error}") from error
-    if not isinstance(detached.file_hash_op, OpSHA256):
-        raise InvalidTimestamp(f"proof is over a {detached.file_hash_op} digest, not SHA-256")
-    if detached.file_digest != digest:
-        raise InvalidTimestamp("proof is for another digest")
-    return detached.timestamp
-
-
 def proof_from_block(digest: bytes, raw_block: bytes, height: int) -> bytes:
     """A complete .ots proof for ``digest``, which a transaction of the block carries."""
     _check_digest(digest)
@@ -130,54 +102,6 @@ def proof_from_block(digest: bytes, raw_block: bytes, height: int) -> bytes:
     )
     if timestamp is None:
         raise TimestampError(f"block {height} has no transaction that commits to the digest")
-    return serialize_proof(timestamp)
-
-
-def _attestations(timestamp: Any) -> Iterator[tuple[bytes, Any]]:
-    yield from timestamp.all_attestations()
-
-
-def is_complete(ots: bytes, digest: bytes) -> bool:
-    """True if the proof reaches at least one Bitcoin block (it may still be wrong)."""
-    return any(
-        isinstance(attestation, BitcoinBlockHeaderAttestation)
-        for _, attestation in _attestations(parse_proof(ots, digest))
-    )
-
-
-def verify_timestamp(ots: bytes, digest: bytes, headers: BlockHeaderSource) -> BitcoinTime:
-    """Check every Bitcoin attestation of the proof against the node's headers.
-
-    All of them must hold: a proof that also claims a block it is not in is
-    a false proof, not a proof with a spare part.
-    """
-    timestamp = parse_proof(ots, digest)
-    found: list[BitcoinTime] = []
-    for message, attestation in _attestations(timestamp):
-        if not isinstance(attestation, BitcoinBlockHeaderAttestation):
-            continue
-        height: int = attestation.height
-        raw = headers.block_header(height)
-        if raw is None:
-            raise InvalidTimestamp(f"the node has no block at height {height}")
-        if len(raw) != BLOCK_HEADER_BYTES:
-            raise InvalidTimestamp(f"block header {height} is not {BLOCK_HEADER_BYTES} bytes")
-        try:
-            block_time: int = attestation.verify_against_blockheader(
-                message, CBlockHeader.deserialize(raw)
-            )
-        except VerificationError as error:
-            raise InvalidTimestamp(f"block {height}: {error}") from error
-        found.append(BitcoinTime(height, dt.datetime.fromtimestamp(block_time, dt.UTC)))
-    if not found:
-        raise InvalidTimestamp("the proof has no Bitcoin attestation yet (pending only)")
-    return min(found, key=lambda item: item.height)
-
-
-def merge_proofs(first: bytes, second: bytes, digest: bytes) -> bytes:
-    """One proof carrying the attestations of both (say a direct and a calendar one)."""
-    timestamp = parse_proof(first, digest)
-    timestamp.merge(parse_proof(second, digest))
     return serialize_proof(timestamp)
 
 

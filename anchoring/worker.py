@@ -80,7 +80,7 @@ from ledger.errors import InfrastructureError, InvalidEnvelope
 from ledger.publisher import producer_options
 from ledger.registry import open_registry
 from ledger.tlog.keys import AnchoringKey, load_or_create_anchoring_key
-from ledger.tlog.leaf import LeafRecord
+from ledger.tlog.leaf import UNDECODABLE_EVENT_ID, LeafRecord
 from ledger.tlog.tree import MerkleTree
 from ledger.topics import TopicRole, topic_name
 
@@ -93,7 +93,6 @@ LEDGER_ROLES: Final = (
     TopicRole.AUDIT_FACTS,
     TopicRole.REJECTED,
 )
-UNDECODABLE_EVENT_ID: Final = "undecodable"
 CONSUMER_GROUP: Final = "payledger-anchoring"
 CLIENT_ID: Final = "payledger-anchoring"
 

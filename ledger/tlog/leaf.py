@@ -34,6 +34,9 @@ from ledger.tlog.errors import InvalidProof
 
 LEAF_TAG: Final = b"payledger/anchoring/leaf/v1\x00"
 DIGEST_BYTES: Final = 32
+# The event id of the leaf of a record that does not decode as an envelope
+# (never a UUID, so it cannot name an event).
+UNDECODABLE_EVENT_ID: Final = "undecodable"
 
 _LENGTH = struct.Struct(">I")
 _POSITION = struct.Struct(">IIIQ")  # partition and offset, each with its length
