@@ -8,8 +8,10 @@ Modules::
     report    Finding, Check and Report: what was checked, what failed, as JSON
     balances  account balances replayed from the postings in the log
     checker   LogChecker: the streaming checks of one pass over the log
+    anchors   AnchorChecker: checkpoints, bundles, CIDs, timestamps and leaves against records
 """
 
+from ledger.audit.anchors import AnchorChecker, CheckpointRecord, RecordIndex
 from ledger.audit.balances import Balances
 from ledger.audit.checker import LogChecker, Record
 from ledger.audit.report import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, Check, Finding, Report
@@ -18,10 +20,13 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_FINDINGS",
     "EXIT_OK",
+    "AnchorChecker",
     "Balances",
     "Check",
+    "CheckpointRecord",
     "Finding",
     "LogChecker",
     "Record",
+    "RecordIndex",
     "Report",
 ]
