@@ -22,6 +22,7 @@ def _register_groups() -> None:
     from anchoring.commands import anchoring_group
     from ingress.commands import gdpr
     from ingress.merchants import merchants
+    from ledger.audit.commands import audit_group
     from ledger.commands import keys, run
     from ledger.infra.commands import infra
     from projections.commands import projections_group
@@ -35,6 +36,7 @@ def _register_groups() -> None:
     main.add_command(gdpr)
     main.add_command(projections_group)
     main.add_command(anchoring_group)
+    main.add_command(audit_group)
 
 
 _register_groups()

@@ -30,6 +30,8 @@ _LONG_MAX = 2**63 - 1
 # ``ledger.limits``; they live here until that file is free to edit.
 ACCOUNT_CHARS_MAX: Final = 160  # one ledger account name
 POSTINGS_PER_EVENT_MAX: Final = 64  # legs in one payment event; the rules emit at most 8
+# The start of the error for an event whose debits and credits differ in a currency.
+UNBALANCED_POSTINGS: Final = "postings do not balance"
 NOTE_CHARS_MAX: Final = 500  # a payment event's note, a dead letter's detail
 # A dead letter carries a copy of the original record up to this size (the
 # digest and the topic/partition/offset always): the copy plus the rest of the
@@ -418,7 +420,7 @@ class PaymentEvent:
             raise EncodingError(f"more than {POSTINGS_PER_EVENT_MAX} postings")
         unbalanced = unbalanced_currencies(self.postings)
         if unbalanced:
-            raise EncodingError(f"postings do not balance in {', '.join(unbalanced)}")
+            raise EncodingError(f"{UNBALANCED_POSTINGS} in {', '.join(unbalanced)}")
         if self.stale and (self.postings or self.status_before != self.status_after):
             raise EncodingError("a stale event changes nothing")
         if self.note is not None and len(self.note) > NOTE_CHARS_MAX:

@@ -46,6 +46,13 @@ class Balances:
             totals = self._totals.setdefault((posting.account, posting.currency), [0, 0])
             totals[0 if posting.side is PostingSide.DEBIT else 1] += posting.amount_minor
 
+    def merge(self, other: Balances) -> None:
+        """Add another replay's totals (a replay of other partitions)."""
+        for key, (debit, credit) in other._totals.items():
+            totals = self._totals.setdefault(key, [0, 0])
+            totals[0] += debit
+            totals[1] += credit
+
     def get(self, account: str, currency: str) -> AccountBalance:
         debit, credit = self._totals.get((account, currency), (0, 0))
         return AccountBalance(account, currency, debit, credit)

@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 
 from ledger.audit.balances import Balances
 from ledger.audit.report import FINDINGS_MAX_DEFAULT, Check, Finding, Report
-from ledger.envelope import Envelope, PaymentEvent, Provider, unbalanced_currencies
+from ledger.envelope import (
+    UNBALANCED_POSTINGS,
+    Envelope,
+    PaymentEvent,
+    Provider,
+    unbalanced_currencies,
+)
 from ledger.errors import InvalidEnvelope
 from ledger.payments.status import PaymentStatus
 from ledger.payments.transitions import is_allowed
@@ -120,6 +126,14 @@ class LogChecker:
     def balances(self) -> Balances:
         return self._balances
 
+    def payment_partitions(self) -> dict[str, int]:
+        """Payment id -> the partition of its first event read (for checks across checkers)."""
+        return {payment_id: payment.partition for payment_id, payment in self._payments.items()}
+
+    def event_ids(self) -> set[str]:
+        """The payment event ids accepted (for checks across checkers)."""
+        return set(self._event_ids)
+
     def feed(self, record: Record) -> str | None:
         """Check one record; return its event id, or None when it does not decode."""
         if self._finished:
@@ -128,7 +142,11 @@ class LogChecker:
         try:
             decoded = self._verifier.codec.decode(record.value)
         except InvalidEnvelope as error:
-            self._find(record, None, Check.DECODE, error.reason.value, error.detail)
+            if error.detail.startswith(UNBALANCED_POSTINGS):
+                # The decoder refuses an unbalanced event outright: say so by name.
+                self._find(record, None, Check.POSTINGS_BALANCE, "unbalanced", error.detail)
+            else:
+                self._find(record, None, Check.DECODE, error.reason.value, error.detail)
             return None
         self._report.passed(Check.DECODE)
         envelope = decoded.envelope

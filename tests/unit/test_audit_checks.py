@@ -396,8 +396,8 @@ def test_an_unbalanced_posting_is_refused(ledger: Ledger) -> None:
     record = replace(ledger.log([balanced])[0], offset=4)
     checker = ledger.audit([*ledger.log(clean_envelopes()), record])
     findings = checker.finish().findings
-    # The decoder refuses it before its signature is even read.
-    assert summary(findings) == [located(record, None, Check.DECODE, "malformed")]
+    # The decoder refuses it before its signature is even read; the finding names the cause.
+    assert summary(findings) == [located(record, None, Check.POSTINGS_BALANCE, "unbalanced")]
     assert "postings do not balance in EUR" in findings[0].detail
     assert checker.balances.get("merchant:mer_a:refunds", "EUR").debit_minor == 0
 
