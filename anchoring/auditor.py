@@ -102,7 +102,7 @@ class AuditOptions:
 class LogAudit:
     report: Report
     balances: Balances
-    ends: dict[str, dict[int, int]]  # topic -> partition -> end offset read to
+    ends: dict[str, dict[int, int]]  # topic -> partition -> offset past the last record read
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -136,6 +136,7 @@ class _SliceResult:
     index: RecordIndex
     payment_partitions: dict[str, int]
     event_ids: set[str]
+    last_offsets: dict[tuple[str, int], int]  # the last record read on each partition
 
 
 # The pass ---------------------------------------------------------------------
@@ -177,7 +178,6 @@ async def audit_log(
 
         started = time.perf_counter()
         bounds = await _bounds(settings, options.group_id, ledger_topics, partitions)
-        ends = {topic: {p: end for p, (_, end) in spans.items()} for topic, spans in bounds.items()}
         _log_starts(bounds, report)
         slices = _slices(bounds, options.workers)
         total = sum(piece.records for piece in slices)
@@ -192,6 +192,7 @@ async def audit_log(
         index = RecordIndex()
         balances = Balances()
         _merge_slices(results, report, index, balances, payments_topic)
+        ends = _reached(bounds, results)
         report.facts["ledger_records"] = total
         seconds["records"] = time.perf_counter() - started
 
@@ -552,9 +553,12 @@ async def _check_slice_async(job: _Job, done: queue.Queue[int]) -> _SliceResult:
         feed = checker.feed
         add = index.add
         pending = 0
+        last: dict[tuple[str, int], int] = {}
         ranges = [(topic, p, start, end) for topic, p, start, end in job.piece.ranges]
         async for batch in _read(job.settings, job.options.group_id, ranges, FETCH_TIMEOUT_MS):
             for record in batch:
+                # Offsets rise within a partition: the last one written is the last read.
+                last[record.topic, record.partition] = record.offset
                 event_id = feed(record)
                 add(
                     record.topic,
@@ -571,7 +575,12 @@ async def _check_slice_async(job: _Job, done: queue.Queue[int]) -> _SliceResult:
             done.put(pending)
         report = checker.finish()
         return _SliceResult(
-            report, checker.balances, index, checker.payment_partitions(), checker.event_ids()
+            report,
+            checker.balances,
+            index,
+            checker.payment_partitions(),
+            checker.event_ids(),
+            last,
         )
     finally:
         registry.close()
@@ -619,6 +628,27 @@ def _merge_slices(
                 )
             )
         seen_ids |= result.event_ids
+
+
+def _reached(
+    bounds: Mapping[str, Mapping[int, tuple[int, int]]], results: Sequence[_SliceResult]
+) -> dict[str, dict[int, int]]:
+    """Topic -> partition -> the offset past the last record read (its first offset if none).
+
+    Not the end offsets: a transactional producer's commit marker may follow
+    the last record, and a reader (the projections) stores the offset past
+    the last record it applied, never past a marker.
+    """
+    last: dict[tuple[str, int], int] = {}
+    for result in results:
+        last.update(result.last_offsets)
+    return {
+        topic: {
+            partition: last[topic, partition] + 1 if (topic, partition) in last else start
+            for partition, (start, _) in spans.items()
+        }
+        for topic, spans in bounds.items()
+    }
 
 
 def cpu_workers() -> int:

@@ -469,7 +469,10 @@ async def compare_rebuild(
         return report
     report.merge(projection_findings(done.comparison, live, events, payments))
     cutoff = done.comparison.cutoff
-    behind = {p: end for p, end in done.ends.items() if cutoff.live_positions.get(p, 0) < end}
+    # Where the rebuild got to: past its last record, not past the transaction
+    # markers that may follow it (the end offsets), which no applier stores.
+    reached = done.replayed.positions
+    behind = {p: end for p, end in reached.items() if cutoff.live_positions.get(p, 0) < end}
     if behind:
         report.error(
             f"projections compared only below {_offsets({p: cutoff.cut(p) for p in done.ends})}:"

@@ -10,6 +10,7 @@ the Postgres projection; SIGINT stops everything and frees every port.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 PROJECTED_TIMEOUT_S = 60.0
+AUDIT_TIMEOUT_S = 300.0
 # Below the kernel's ephemeral range (32768-60999), where a client's own end
 # of some connection could hold the port by chance.
 PORTS = {
@@ -198,6 +200,40 @@ def test_run_serves_the_registry_and_stops_cleanly_on_ctrl_c(running) -> None:
     assert found["checkpoint_cid"] == str(file_dag(note).root), "the CID is the note's"
     ots = httpx.get(f"{url}/v1/checkpoints/{checkpoint.size}/timestamp.ots", timeout=10)
     assert ots.status_code == 200 and ots.headers["Timestamp-State"] == "complete"
+
+    # An auditor with the public keys alone: the event proved end to end, then
+    # the whole ledger replayed from offset 0 and compared with the projections.
+    audit_env = {
+        **os.environ,
+        "PAYLEDGER_STATE_DIR": os.fspath(settings.state_dir),
+        **{f"PAYLEDGER_{name}": str(port) for name, port in PORTS.items()},
+        "NO_COLOR": "1",
+    }
+
+    def audit(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "audit", *arguments],
+            cwd=ROOT,
+            env=audit_env,
+            capture_output=True,
+            text=True,
+            timeout=AUDIT_TIMEOUT_S,
+            check=False,
+        )
+
+    proved = audit("proof", event_id, "--json", "--api", url, "--bitcoin", "--ipfs")
+    assert proved.returncode == 0, proved.stdout[-3000:] + proved.stderr[-3000:]
+    proof = json.loads(proved.stdout)
+    assert proof["ok"] is True
+    assert [step["status"] for step in proof["steps"]] == ["verified"] * 7
+    verified = audit("verify", "--json", "-", "--bitcoin")
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True and report["errors"] == []
+    # (No balance to compare yet: a payment only created moves no money.)
+    for check in ("signature", "sequence", "leaf", "checkpoint", "cid", "timestamp"):
+        assert report["checks"][check]["checked"] > 0, (check, report["checks"])
+    assert report["facts"]["projection_rows_compared"] > 0
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert process.wait(timeout=STOP_TIMEOUT_S) == 0
