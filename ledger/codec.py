@@ -34,7 +34,7 @@ SIGNING_CONTEXT = b"payledger/envelope/v1\x00"
 _EMPTY_BYTES = b"\x00"  # Avro encoding of b"": zig-zag length 0
 
 
-def _avro_length(length: int) -> bytes:
+def avro_length(length: int) -> bytes:
     """Avro's zig-zag varint of a non-negative length."""
     value = length << 1
     out = bytearray()
@@ -134,7 +134,7 @@ class EnvelopeCodec:
             (
                 HEADER.pack(MAGIC, prepared.schema_id),
                 prepared.body[:-1],
-                _avro_length(len(signature)),
+                avro_length(len(signature)),
                 signature,
             )
         )
@@ -176,7 +176,7 @@ class EnvelopeCodec:
             envelope = Envelope.from_avro(record)
         except (EncodingError, ValueError, TypeError, KeyError) as error:
             raise InvalidEnvelope(Reason.MALFORMED, str(error)) from error
-        tail = _avro_length(len(envelope.signature)) + envelope.signature
+        tail = avro_length(len(envelope.signature)) + envelope.signature
         body = wire[HEADER.size : len(wire) - len(tail)] + _EMPTY_BYTES
         return Decoded(envelope, schema_id, SIGNING_CONTEXT + writer.fingerprint + body)
 
