@@ -256,8 +256,16 @@ async def _check_anchors(
                 unavailable.clear()
         seconds["ipfs"] = time.perf_counter() - started
         started = time.perf_counter()
-        report.merge(await asyncio.to_thread(checker.finish, content, unavailable, index))
+        anchors = await asyncio.to_thread(checker.finish, content, unavailable, index)
+        report.merge(anchors)
         seconds["anchors"] = time.perf_counter() - started
+        if index and not anchors.facts.get("leaves_checked"):
+            # Nothing found, and nothing matched either: with no bundle
+            # published yet, completeness is unchecked, not verified.
+            report.error(
+                f"{len(index):,} ledger records not matched with the Merkle log:"
+                f" no leaf bundle is published yet ({len(checkpoints)} checkpoint records)"
+            )
     finally:
         if rpc is not None:
             rpc.close()

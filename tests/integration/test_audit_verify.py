@@ -145,9 +145,26 @@ def anchored_count(settings: Settings) -> tuple[int, int]:
 
 
 async def anchor(
-    settings: Settings, btcd_node: Settings, total: int, alter: Bundles | None
+    settings: Settings,
+    btcd_node: Settings,
+    total: int,
+    alter: Bundles | None,
+    *,
+    peers: bool = True,
 ) -> None:
     """Run the anchoring worker until every record is checkpointed, published and stamped."""
+    if not peers:  # checkpoints only: nothing published on IPFS, nothing stamped
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(settings, hooks=[]).run(stop))
+        try:
+            await until(
+                lambda: (c := published_checkpoint(settings)) is not None and c.size == total,
+                alive=lambda: _alive(task),
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S)
+        return
     with BitcoinRpc.from_settings(btcd_node) as rpc:
         kubo_client = KuboClient.from_settings(settings)
         anchors = PostgresAnchors(settings.dsn(), settings.anchoring_schema)
@@ -186,7 +203,7 @@ Build = Callable[..., Awaitable[Ledger]]
 async def build(tmp_path: Path, kubo_node: Settings, btcd_node: Settings) -> AsyncIterator[Build]:
     made: list[Settings] = []
 
-    async def make(alter: Bundles | None = None) -> Ledger:
+    async def make(alter: Bundles | None = None, *, peers: bool = True) -> Ledger:
         settings = ledger_settings(tmp_path / f"l{len(made)}", kubo_node, btcd_node)
         made.append(settings)
         report = await provision_topics(settings)
@@ -195,7 +212,7 @@ async def build(tmp_path: Path, kubo_node: Settings, btcd_node: Settings) -> Asy
         payments = await publish(settings, TopicRole.PAYMENT_EVENTS, interleaved(PAYMENTS))
         others = await mixed_events(settings, OTHERS)
         total = len(payments) + len(others)
-        await anchor(settings, btcd_node, total, alter)
+        await anchor(settings, btcd_node, total, alter, peers=peers)
         return Ledger(settings, payments, total)
 
     yield make
@@ -351,6 +368,17 @@ async def test_the_command_exits_0_then_1_with_the_finding_in_its_json(build: Bu
     missing = run("--anchoring-key", str(settings.state_dir / "nowhere.json"))
     assert missing.returncode == 2
     assert "anchoring" in missing.stderr
+
+
+async def test_without_published_bundles_completeness_is_unchecked_not_verified(
+    build: Build,
+) -> None:
+    ledger = await build(peers=False)
+    report = (await audit(ledger.settings)).report
+    assert report.findings == []
+    assert report.exit_code == 2
+    assert any("not matched with the Merkle log" in error for error in report.errors)
+    assert report.facts["checkpoints_pending_anchors"] == report.facts["checkpoints"] > 0
 
 
 # Tampered Kafka topics ---------------------------------------------------------------
