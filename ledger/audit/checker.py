@@ -37,6 +37,7 @@ can be compared (``balances``).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from ledger.audit.balances import Balances
@@ -104,21 +105,28 @@ def _content_sha256(envelope: Envelope) -> bytes:
     return hashlib.sha256(b"fields\x00" + repr(content).encode()).digest()
 
 
-def _varint_end(data: bytes, position: int) -> tuple[int, int]:
-    """The zig-zag Avro long at ``position``, and the position past it."""
-    shift = value = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1), position
-        shift += 7
+# An Avro long: bytes with the high bit set, then one without.
+_VARINT = re.compile(rb"[\x80-\xff]*[\x00-\x7f]", re.DOTALL)
+
+
+def _skip_varint(data: bytes, position: int) -> int:
+    """The position past the Avro long at ``position`` (its value unread)."""
+    match = _VARINT.match(data, position)
+    if match is None:
+        raise ValueError("truncated Avro long")
+    return match.end()
 
 
 def _string_end(data: bytes, position: int) -> int:
-    length, position = _varint_end(data, position)
-    return position + length
+    """The position past the Avro string (or bytes) at ``position``."""
+    first = data[position]
+    if first < 0x80:  # a length below 64: one byte, zig-zag encoded
+        return position + 1 + (first >> 1)
+    end = _skip_varint(data, position)
+    value = 0
+    for shift, byte in enumerate(data[position:end]):
+        value |= (byte & 0x7F) << (7 * shift)
+    return end + ((value >> 1) ^ -(value & 1))
 
 
 def _content_bytes_sha256(decoded: Decoded, fingerprint: bytes) -> bytes:
@@ -139,12 +147,12 @@ def _content_bytes_sha256(decoded: Decoded, fingerprint: bytes) -> bytes:
     start = len(SIGNING_CONTEXT) + len(fingerprint)
     position = _string_end(message, start)  # event_id
     position = _string_end(message, position)  # event_type
-    _, position = _varint_end(message, position)  # schema_version
+    position = _skip_varint(message, position)  # schema_version
     position = _string_end(message, position)  # aggregate_id
-    _, position = _varint_end(message, position)  # sequence
-    _, position = _varint_end(message, position)  # occurred_at
+    position = _skip_varint(message, position)  # sequence
+    position = _skip_varint(message, position)  # occurred_at
     recorded_at = position
-    _, position = _varint_end(message, position)  # recorded_at
+    position = _skip_varint(message, position)  # recorded_at
     after_producer = _string_end(message, position)  # producer
     key_id = decoded.envelope.signing_key_id.encode()
     tail = len(avro_length(len(key_id))) + len(key_id) + 1  # signing_key_id, empty signature

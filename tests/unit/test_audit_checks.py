@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import fastavro
 import pytest
 
 from ledger.audit import Check, Finding, LogChecker, Record
+from ledger.audit.checker import _skip_varint, _string_end
 from ledger.codec import Decoded, EnvelopeCodec
 from ledger.config import Settings
 from ledger.endorsements import endorsement_envelope
@@ -504,3 +507,34 @@ def test_an_event_id_reused_by_another_payment_is_reported(ledger: Ledger) -> No
     assert summary(ledger.audit(records).finish().findings) == [
         located(records[-1], eid("pay_a-event-3"), Check.EVENT_ID, "reused")
     ]
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 127, 128, 8191, 8192, 70_000])
+def test_avro_strings_are_skipped_whatever_their_length(length: int) -> None:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(
+        out,
+        fastavro.parse_schema(
+            {
+                "type": "record",
+                "name": "T",
+                "fields": [{"name": "s", "type": "string"}, {"name": "n", "type": "long"}],
+            }
+        ),
+        {"s": "é" * length, "n": -(2**62)},
+    )
+    data = b"pad" + out.getvalue()
+    after_string = _string_end(data, 3)
+    assert data[3:after_string].endswith(("é" * length).encode())
+    assert _skip_varint(data, after_string) == len(data)
+
+
+def test_a_resigned_copy_with_a_long_producer_name_is_still_a_redelivery(ledger: Ledger) -> None:
+    records = ledger.log(clean_envelopes())
+    resigned = replace(
+        CLEAN[("pay_a", 3)], producer="p" * 200, recorded_at=events.T0 + timedelta(minutes=5)
+    )
+    copy = replace(ledger.log([resigned])[0], offset=11)
+    report = ledger.audit([*records[:4], copy, *records[4:]]).finish()
+    assert report.findings == []
+    assert report.redeliveries == 1
