@@ -22,8 +22,10 @@ its index of records (position -> event id and value digest, for the Merkle
 log's completeness) and what only the whole log can tell: which payments it
 saw on which partition and which event ids it saw, merged here (a payment on
 two partitions, an event id used twice across processes). The parent reads
-the keys and checkpoints topics, fetches the anchors and runs the
-``AnchorChecker``.
+the keys and checkpoints topics, and while the workers read it fetches the
+anchors from IPFS and checks everything the ``AnchorChecker`` can check
+without a record (signatures, chain, CIDs, bundles, roots, timestamps); once
+the workers are done it matches the leaves with the records.
 
 Consumers use the consumer group ``group_id`` (visible to the operator's lag
 tools as the auditor's) with explicit assignment, and never commit: each
@@ -146,72 +148,151 @@ async def audit_log(
     settings: Settings, options: AuditOptions, progress: Progress | None = None
 ) -> LogAudit:
     """Read and check the whole log; the report says what was found and what could not run."""
-    seconds: dict[str, float] = {}
-    report = Report()
-    ledger_topics = [topic_name(settings, role) for role in LEDGER_ROLES]
-    keys_topic = topic_name(settings, TopicRole.KEYS)
-    checkpoints_topic = topic_name(settings, TopicRole.CHECKPOINTS)
-    payments_topic = topic_name(settings, TopicRole.PAYMENT_EVENTS)
-    registry = open_registry(settings)
+    audit = _Pass(settings, options, progress)
     try:
+        return await audit.run()
+    finally:
+        audit.close()
+
+
+class _Pass:
+    """One audit: its topics, its report and what each stage took."""
+
+    def __init__(
+        self, settings: Settings, options: AuditOptions, progress: Progress | None
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.progress = progress
+        self.report = Report()
+        self.seconds: dict[str, float] = {}
+        self.ledger_topics = [topic_name(settings, role) for role in LEDGER_ROLES]
+        self.keys_topic = topic_name(settings, TopicRole.KEYS)
+        self.checkpoints_topic = topic_name(settings, TopicRole.CHECKPOINTS)
+        self.payments_topic = topic_name(settings, TopicRole.PAYMENT_EVENTS)
+        self.registry = open_registry(settings)
+        self.rpc = BitcoinRpc.from_settings(settings) if options.bitcoin else None
+
+    def close(self) -> None:
+        self.registry.close()
+        if self.rpc is not None:
+            self.rpc.close()
+
+    async def run(self) -> LogAudit:
         started = time.perf_counter()
-        partitions = await _partitions(settings, [*ledger_topics, keys_topic, checkpoints_topic])
-        keys = await _read_all(settings, options.group_id, keys_topic, partitions[keys_topic])
-        _stage(progress, "keys", len(keys))
-        verifier = Verifier(EnvelopeCodec(registry), KeyRing(list(options.roots)))
-        keys_checker = LogChecker(
-            verifier, payment_events_topic=payments_topic, keys_topic=keys_topic
+        partitions = await _partitions(
+            self.settings, [*self.ledger_topics, self.keys_topic, self.checkpoints_topic]
+        )
+        keys = await self._keys(partitions[self.keys_topic])
+        self.seconds["keys"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        checkpoints = await self._checkpoints(partitions[self.checkpoints_topic])
+        self.seconds["checkpoints"] = time.perf_counter() - started
+
+        # The anchors need no record: they are fetched and checked while the
+        # worker processes read the records (with whatever CPU they leave).
+        anchors: AnchorChecker | None = None
+        anchoring: asyncio.Task[Report] | None = None
+        if self.options.anchoring_key is None:
+            self.report.facts["checkpoints_not_checked"] = len(checkpoints)
+        else:
+            anchors = AnchorChecker(
+                self.options.anchoring_key,
+                checkpoints_topic=self.checkpoints_topic,
+                headers=self.rpc,
+            )
+            for checkpoint in checkpoints:
+                anchors.add(checkpoint)
+            anchoring = asyncio.create_task(
+                _check_anchors(self.settings, self.options, anchors, self.seconds)
+            )
+
+        started = time.perf_counter()
+        try:
+            index, balances, ends = await self._records(partitions, keys)
+        except BaseException:
+            if anchoring is not None:
+                anchoring.cancel()
+                with contextlib.suppress(BaseException):
+                    await anchoring
+            raise
+        self.seconds["records"] = time.perf_counter() - started
+
+        if anchors is not None and anchoring is not None:
+            started = time.perf_counter()
+            await self._leaves(anchors, anchoring, index, len(checkpoints))
+            self.seconds["leaves"] = time.perf_counter() - started
+        return LogAudit(self.report, balances, ends, self.seconds)
+
+    async def _keys(self, partitions: Sequence[int]) -> list[Record]:
+        """The keys topic, checked: its endorsements are what every worker trusts."""
+        keys = await _read_all(self.settings, self.options.group_id, self.keys_topic, partitions)
+        _stage(self.progress, "keys", len(keys))
+        verifier = Verifier(EnvelopeCodec(self.registry), KeyRing(list(self.options.roots)))
+        checker = LogChecker(
+            verifier, payment_events_topic=self.payments_topic, keys_topic=self.keys_topic
         )
         for record in keys:
-            keys_checker.feed(record)
-        report.merge(keys_checker.finish())
-        seconds["keys"] = time.perf_counter() - started
+            checker.feed(record)
+        self.report.merge(checker.finish())
+        return keys
 
-        started = time.perf_counter()
-        checkpoint_wires = await _read_all(
-            settings, options.group_id, checkpoints_topic, partitions[checkpoints_topic]
+    async def _checkpoints(self, partitions: Sequence[int]) -> list[CheckpointRecord]:
+        wires = await _read_all(
+            self.settings, self.options.group_id, self.checkpoints_topic, partitions
         )
-        checkpoints = _decode_checkpoints(
-            CheckpointEncoder(registry, checkpoints_topic), checkpoint_wires, report
-        )
-        seconds["checkpoints"] = time.perf_counter() - started
+        encoder = CheckpointEncoder(self.registry, self.checkpoints_topic)
+        return _decode_checkpoints(encoder, wires, self.report)
 
-        started = time.perf_counter()
-        bounds = await _bounds(settings, options.group_id, ledger_topics, partitions)
-        _log_starts(bounds, report)
-        slices = _slices(bounds, options.workers)
+    async def _records(
+        self, partitions: Mapping[str, list[int]], keys: Sequence[Record]
+    ) -> tuple[RecordIndex, Balances, dict[str, dict[int, int]]]:
+        """Every ledger record, read and checked by the worker processes, then merged."""
+        bounds = await _bounds(self.settings, self.options.group_id, self.ledger_topics, partitions)
+        _log_starts(bounds, self.report)
+        slices = _slices(bounds, self.options.workers)
         total = sum(piece.records for piece in slices)
-        if progress is not None:
-            progress.stage("records", total)
+        if self.progress is not None:
+            self.progress.stage("records", total)
         key_values = tuple(record.value for record in keys)
         jobs = [
-            _Job(settings, options, key_values, piece, payments_topic, keys_topic)
+            _Job(
+                self.settings,
+                self.options,
+                key_values,
+                piece,
+                self.payments_topic,
+                self.keys_topic,
+            )
             for piece in slices
         ]
-        results = await _run_slices(jobs, progress)
+        results = await _run_slices(jobs, self.progress)
         index = RecordIndex()
         balances = Balances()
-        _merge_slices(results, report, index, balances, payments_topic)
-        ends = _reached(bounds, results)
-        report.facts["ledger_records"] = total
-        seconds["records"] = time.perf_counter() - started
+        _merge_slices(results, self.report, index, balances, self.payments_topic)
+        self.report.facts["ledger_records"] = total
+        return index, balances, _reached(bounds, results)
 
-        if options.anchoring_key is None:
-            report.facts["checkpoints_not_checked"] = len(checkpoints)
-        else:
-            await _check_anchors(
-                settings,
-                options,
-                checkpoints_topic=checkpoints_topic,
-                checkpoints=checkpoints,
-                index=index,
-                report=report,
-                seconds=seconds,
-                progress=progress,
+    async def _leaves(
+        self,
+        anchors: AnchorChecker,
+        anchoring: asyncio.Task[Report],
+        index: RecordIndex,
+        checkpoint_records: int,
+    ) -> None:
+        if self.progress is not None:
+            self.progress.stage("anchors", None)
+        self.report.merge(await anchoring)
+        leaves = await asyncio.to_thread(anchors.check_leaves, index)
+        self.report.merge(leaves)
+        if index and not leaves.facts.get("leaves_checked"):
+            # Nothing found, and nothing matched either: with no bundle
+            # published yet, completeness is unchecked, not verified.
+            self.report.error(
+                f"{len(index):,} ledger records not matched with the Merkle log:"
+                f" no leaf bundle is published yet ({checkpoint_records} checkpoint records)"
             )
-    finally:
-        registry.close()
-    return LogAudit(report, balances, ends, seconds)
 
 
 def _stage(progress: Progress | None, name: str, done: int) -> None:
@@ -221,54 +302,32 @@ def _stage(progress: Progress | None, name: str, done: int) -> None:
 
 
 async def _check_anchors(
-    settings: Settings,
-    options: AuditOptions,
-    *,
-    checkpoints_topic: str,
-    checkpoints: Sequence[CheckpointRecord],
-    index: RecordIndex,
-    report: Report,
-    seconds: dict[str, float],
-    progress: Progress | None,
-) -> None:
-    assert options.anchoring_key is not None
+    settings: Settings, options: AuditOptions, anchors: AnchorChecker, seconds: dict[str, float]
+) -> Report:
+    """Fetch what the checkpoints announce on IPFS and check everything but the leaves.
+
+    Returns a report of the errors that stopped a check (IPFS or the Bitcoin
+    node unreachable); the checker keeps its findings for ``check_leaves``.
+    """
+    report = Report()
     started = time.perf_counter()
-    rpc = BitcoinRpc.from_settings(settings) if options.bitcoin else None
-    try:
-        checker = AnchorChecker(
-            options.anchoring_key, checkpoints_topic=checkpoints_topic, headers=rpc
-        )
-        for checkpoint in checkpoints:
-            checker.add(checkpoint)
-        wanted = checker.content_wanted()
-        content: dict[str, bytes] = {}
-        unavailable: dict[str, str] = {}
-        if wanted and not options.ipfs:
-            report.error(f"{len(wanted)} IPFS publications not fetched (IPFS checks off)")
-        elif wanted:
-            if progress is not None:
-                progress.stage("ipfs", len(wanted))
-            await _fetch_all(settings, wanted, content, unavailable, progress)
-            if unavailable and not content:
-                # Nothing at all came back: the node, not the publications, is missing.
-                first = next(iter(unavailable.values()))
-                report.error(f"IPFS: none of {len(wanted)} publications could be fetched: {first}")
-                unavailable.clear()
-        seconds["ipfs"] = time.perf_counter() - started
-        started = time.perf_counter()
-        anchors = await asyncio.to_thread(checker.finish, content, unavailable, index)
-        report.merge(anchors)
-        seconds["anchors"] = time.perf_counter() - started
-        if index and not anchors.facts.get("leaves_checked"):
-            # Nothing found, and nothing matched either: with no bundle
-            # published yet, completeness is unchecked, not verified.
-            report.error(
-                f"{len(index):,} ledger records not matched with the Merkle log:"
-                f" no leaf bundle is published yet ({len(checkpoints)} checkpoint records)"
-            )
-    finally:
-        if rpc is not None:
-            rpc.close()
+    wanted = anchors.content_wanted()
+    content: dict[str, bytes] = {}
+    unavailable: dict[str, str] = {}
+    if wanted and not options.ipfs:
+        report.error(f"{len(wanted)} IPFS publications not fetched (IPFS checks off)")
+    elif wanted:
+        await _fetch_all(settings, wanted, content, unavailable)
+        if unavailable and not content:
+            # Nothing at all came back: the node, not the publications, is missing.
+            first = next(iter(unavailable.values()))
+            report.error(f"IPFS: none of {len(wanted)} publications could be fetched: {first}")
+            unavailable.clear()
+    seconds["ipfs"] = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.to_thread(anchors.check_anchors, content, unavailable)
+    seconds["anchors"] = time.perf_counter() - started
+    return report
 
 
 async def _fetch_all(
@@ -276,7 +335,6 @@ async def _fetch_all(
     cids: Sequence[str],
     content: dict[str, bytes],
     unavailable: dict[str, str],
-    progress: Progress | None,
 ) -> None:
     """Fetch every CID's bytes, unchecked (the checker recomputes each CID)."""
     gate = asyncio.Semaphore(IPFS_CONCURRENCY)
@@ -290,8 +348,6 @@ async def _fetch_all(
                     unavailable[text] = str(error)
                 except LedgerError as error:  # not a CID at all
                     unavailable[text] = str(error)
-                if progress is not None:
-                    progress.advance(1)
 
         await asyncio.gather(*(one(text) for text in dict.fromkeys(cids)))
 

@@ -219,6 +219,10 @@ class AnchorChecker:
         self._notes: dict[str, Checkpoint | InvalidNote] = {}
         self._records = 0
         self._finished = False
+        # What check_anchors leaves for check_leaves.
+        self._bundles: list[LeafBundle] | None = None
+        self._covered_whole = False
+        self._facts: dict[str, int] = {}
 
     # Reading the checkpoints topic ----------------------------------------------
 
@@ -295,29 +299,38 @@ class AnchorChecker:
 
         ``content`` holds the bytes served for each CID of ``content_wanted``
         (unchecked: this checks them); ``unavailable`` says why a CID could
-        not be fetched.
+        not be fetched. The same as ``check_anchors`` then ``check_leaves``.
         """
-        if self._finished:
-            raise RuntimeError("the checker has finished; start a new one")
-        self._finished = True
-        report = self._report
+        self.check_anchors(content, unavailable)
+        return self.check_leaves(records)
+
+    def check_anchors(self, content: Mapping[str, bytes], unavailable: Mapping[str, str]) -> None:
+        """Everything but the records: signatures, chain, CIDs, bundles, roots, timestamps.
+
+        Needs no Kafka record, so it can run while the records are still being read.
+        """
+        if self._finished or self._bundles is not None:
+            raise RuntimeError("the checker has checked its anchors; start a new one")
         sizes = sorted(self._sizes)
         last_anchored = max((size for size in sizes if self._sizes[size].anchored), default=-1)
         tree = MerkleTree()
-        seen: dict[tuple[str, int], dict[int, int]] = {}  # leaf positions -> leaf index
+        bundles: list[LeafBundle] = []
         previous_size, previous_root = 0, EMPTY_ROOT
         chain_whole = True
-        facts = {
-            "checkpoint_records": self._records,
-            "checkpoints": len(sizes),
-            "tree_size": sizes[-1] if sizes else 0,
-            "consistency_verified_to_size": 0,
-            "leaves_checked": 0,
-            "checkpoints_pending_anchors": 0,
-            "checkpoint_roots_not_checked": 0,
-            "records_after_latest_checkpoint": 0,
-            "records_without_leaf_not_checked": 0,
-        }
+        facts = self._facts
+        facts.update(
+            {
+                "checkpoint_records": self._records,
+                "checkpoints": len(sizes),
+                "tree_size": sizes[-1] if sizes else 0,
+                "consistency_verified_to_size": 0,
+                "leaves_checked": 0,
+                "checkpoints_pending_anchors": 0,
+                "checkpoint_roots_not_checked": 0,
+                "records_after_latest_checkpoint": 0,
+                "records_without_leaf_not_checked": 0,
+            }
+        )
         if self._headers is None:
             facts["timestamps_not_checked_against_a_node"] = 0
         no_bundle = 0
@@ -345,23 +358,35 @@ class AnchorChecker:
             else:
                 facts["checkpoints_pending_anchors"] += 1
             if bundle is not None:
-                self._check_leaves(bundle, records, seen)
+                bundles.append(bundle)
                 facts["leaves_checked"] += len(bundle.leaves)
             if bundle is not None and tree.size == previous_size:
-                tree.append_many([leaf.to_bytes() for leaf in bundle.leaves])
+                tree.append_many(bundle.leaf_bytes())
                 self._check_root(group, tree.root())
             elif size <= last_anchored:
                 facts["checkpoint_roots_not_checked"] += 1
             previous_size, previous_root = size, group.checkpoint.root_hash
         if no_bundle:
-            report.error(
+            self._report.error(
                 f"{no_bundle} anchored checkpoints announce no leaf bundle: "
                 "their leaves and roots could not be checked"
             )
-        covered_whole = tree.size == max(last_anchored, 0)
-        self._check_records(records, seen, covered_whole, facts)
-        report.facts.update(facts)
-        return report
+        self._bundles = bundles
+        self._covered_whole = tree.size == max(last_anchored, 0)
+
+    def check_leaves(self, records: RecordIndex) -> Report:
+        """The leaves of the bundles against the records read from Kafka, both ways; the report."""
+        if self._bundles is None:
+            raise RuntimeError("check_anchors first")
+        if self._finished:
+            raise RuntimeError("the checker has finished; start a new one")
+        self._finished = True
+        seen: dict[tuple[str, int], dict[int, int]] = {}  # leaf positions -> leaf index
+        for bundle in self._bundles:
+            self._check_leaves(bundle, records, seen)
+        self._check_records(records, seen, self._covered_whole, self._facts)
+        self._report.facts.update(self._facts)
+        return self._report
 
     def _check_consistency(self, group: _Size, previous_size: int, previous_root: bytes) -> bool:
         """Check each record's link to the previous checkpoint; True if every one holds."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from ledger.tlog import limits
@@ -42,6 +42,9 @@ class LeafBundle:
     origin: str
     first_index: int
     leaves: tuple[LeafRecord, ...]
+    # The leaf bytes as read by ``from_bytes`` (each checked to be the leaf's
+    # own encoding), so a reader appending them to a tree encodes nothing again.
+    _read: tuple[bytes, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < len(self.origin.encode()) <= ORIGIN_BYTES_MAX or "\n" in self.origin:
@@ -56,6 +59,12 @@ class LeafBundle:
         """The tree size once these leaves are appended: the checkpoint's size."""
         return self.first_index + len(self.leaves)
 
+    def leaf_bytes(self) -> list[bytes]:
+        """Each leaf's bytes, in order: what the tree hashes."""
+        if self._read is not None:
+            return list(self._read)
+        return [leaf.to_bytes() for leaf in self.leaves]
+
     def to_bytes(self) -> bytes:
         origin = self.origin.encode()
         parts = [
@@ -64,8 +73,7 @@ class LeafBundle:
             origin,
             _INDEXES.pack(8, self.first_index, 8, len(self.leaves)),
         ]
-        for leaf in self.leaves:
-            data = leaf.to_bytes()
+        for data in self.leaf_bytes():
             parts += [_LENGTH.pack(len(data)), data]
         return b"".join(parts)
 
@@ -85,15 +93,18 @@ class LeafBundle:
         if count > BUNDLE_LEAVES_MAX:
             raise InvalidProof(f"a bundle holds at most {BUNDLE_LEAVES_MAX} leaves")
         leaves = []
+        raw = []
         for _ in range(count):
             leaf, position = _field(data, position)
             leaves.append(LeafRecord.from_bytes(leaf))
+            raw.append(leaf)
         if position != len(data):
             raise InvalidProof("trailing bytes after the last leaf of a bundle")
         try:
             bundle = cls(origin.decode("utf-8"), first_index, tuple(leaves))
         except UnicodeDecodeError as error:
             raise InvalidProof("a bundle's origin is not UTF-8") from error
+        object.__setattr__(bundle, "_read", tuple(raw))
         # Pair the checks: what was decoded must encode back to the same bytes.
         if bundle.to_bytes() != data:
             raise AssertionError("bundle bytes decode to a bundle that encodes differently")
