@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -76,6 +77,9 @@ STALL_TIMEOUT_S: Final = 120.0
 # Records between two progress reports of a worker process.
 PROGRESS_EVERY: Final = 2_000
 IPFS_CONCURRENCY: Final = 8
+# A worker process's garbage collector: the youngest generation collected
+# every 100,000 allocations instead of 700 (see ``_check_slice``).
+GC_THRESHOLDS: Final = (100_000, 50, 100)
 
 
 class AuditError(LedgerError):
@@ -598,6 +602,11 @@ def _drain(done: queue.Queue[int], progress: Progress | None) -> None:
 
 def _check_slice(job: _Job, done: queue.Queue[int]) -> _SliceResult:
     """One worker process: read and check whole partitions (runs in a child process)."""
+    # The checker keeps a small object per payment event for the whole run:
+    # Python's cyclic collector would walk all of them again and again as
+    # they pile up, though they form no cycle. Collect rarely instead.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     return asyncio.run(_check_slice_async(job, done))
 
 
