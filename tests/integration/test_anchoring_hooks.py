@@ -10,7 +10,6 @@ the same CIDs and proof. Both hooks fail once and are retried: nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
@@ -31,7 +30,6 @@ from anchoring.hooks import IpfsHook, PostgresAnchors, TimestampHook
 from anchoring.ipfs import IpfsError, KuboClient, Publication
 from anchoring.publication import anchored_event_id, checkpoint_event_id
 from anchoring.timestamps import TimestampError, verify_timestamp
-from anchoring.worker import Worker
 from ledger.config import Settings
 from ledger.infra.btcd import STAMPING_KEY_FILE
 from ledger.keystore import KeyStore
@@ -41,7 +39,6 @@ from ledger.topics import TopicRole
 from streams.provision import provision_topics
 from tests.integration.test_anchoring_worker import (
     SHUTDOWN_TIMEOUT_S,
-    _alive,
     mixed_events,
     published_checkpoint,
     read_checkpoints_topic,
@@ -49,6 +46,7 @@ from tests.integration.test_anchoring_worker import (
     until,
 )
 from tests.support import btcd, kubo
+from tests.support.anchoring import anchor_all, anchored_count
 from tests.support.streams import REPO
 
 pytestmark = pytest.mark.integration
@@ -128,20 +126,6 @@ class FailingOnceStamper:
         return self.stamper.stamp(digest)
 
 
-def anchored_count(settings: Settings) -> tuple[int, int]:
-    """(checkpoints, checkpoints announced with their anchors)."""
-    try:
-        with pgstore.connect(settings.dsn(), settings.anchoring_schema) as connection:
-            row = connection.execute(
-                "SELECT (SELECT count(*) FROM checkpoints),"
-                " (SELECT count(*) FROM checkpoint_announcements)"
-            ).fetchone()
-    except psycopg.errors.UndefinedTable:
-        return (0, 0)
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
 async def test_every_checkpoint_is_on_ipfs_timestamped_and_announced(
     settings: Settings, btcd_node: Settings, rpc: BitcoinRpc
 ) -> None:
@@ -155,23 +139,7 @@ async def test_every_checkpoint_is_on_ipfs_timestamped_and_announced(
         IpfsHook(kubo_client, PostgresAnchors(settings.dsn(), settings.anchoring_schema)),
         TimestampHook(PostgresAnchors(settings.dsn(), settings.anchoring_schema), direct=stamper),
     ]
-    stop = asyncio.Event()
-    worker = Worker(settings, hooks=hooks)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await until(
-            lambda: (c := published_checkpoint(settings)) is not None and c.size == total,
-            alive=lambda: _alive(task),
-        )
-        await until(
-            lambda: (counts := anchored_count(settings))[0] == counts[1],
-            alive=lambda: _alive(task),
-        )
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S)
-        for hook in hooks:
-            await hook.aclose()
+    worker = await anchor_all(settings, hooks, total)
 
     with pgstore.opened(settings.dsn(), settings.anchoring_schema) as store:
         checkpoints = store.checkpoints()

@@ -26,10 +26,7 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from anchoring import pgstore
-from anchoring.bitcoin import BitcoinRpc, DirectStamper
-from anchoring.hooks import IpfsHook, PostgresAnchors, TimestampHook
-from anchoring.ipfs import KuboClient
-from anchoring.worker import Worker
+from anchoring.bitcoin import BitcoinRpc
 from ingress.app import create_app
 from ledger import limits
 from ledger.audit import EXIT_ERROR, EXIT_OK
@@ -38,15 +35,11 @@ from ledger.config import Settings
 from ledger.keystore import KeyStore
 from ledger.tlog.leaf import LeafRecord
 from streams.provision import provision_topics
-from tests.integration.test_anchoring_hooks import anchored_count
 from tests.integration.test_anchoring_worker import (
-    SHUTDOWN_TIMEOUT_S,
-    _alive,
     mixed_events,
-    published_checkpoint,
-    until,
 )
 from tests.support import btcd, kubo
+from tests.support.anchoring import anchor_all, peer_hooks
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -82,35 +75,8 @@ class Pipeline:
 
 async def _run_pipeline(settings: Settings, btcd_settings: Settings) -> dict[str, str]:
     positions = await mixed_events(settings, EVENTS)
-    rpc = BitcoinRpc.from_settings(btcd_settings)
-    hooks = [
-        IpfsHook(
-            KuboClient.from_settings(settings),
-            PostgresAnchors(settings.dsn(), settings.anchoring_schema),
-        ),
-        # The stamping wallet is btcd's mining address: the node's state dir holds its key.
-        TimestampHook(
-            PostgresAnchors(settings.dsn(), settings.anchoring_schema),
-            direct=DirectStamper.from_settings(btcd_settings, rpc),
-        ),
-    ]
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(settings, hooks=hooks).run(stop))
-    try:
-        await until(
-            lambda: (c := published_checkpoint(settings)) is not None and c.size == EVENTS,
-            alive=lambda: _alive(task),
-        )
-        await until(
-            lambda: (counts := anchored_count(settings))[0] == counts[1],
-            alive=lambda: _alive(task),
-        )
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S)
-        for hook in hooks:
-            await hook.aclose()
-        rpc.close()
+    with BitcoinRpc.from_settings(btcd_settings) as rpc:
+        await anchor_all(settings, peer_hooks(settings, btcd_settings, rpc), EVENTS)
     return positions
 
 

@@ -30,11 +30,10 @@ from psycopg import sql
 
 from anchoring import pgstore
 from anchoring.auditor import AuditOptions, LogAudit, audit_log
-from anchoring.bitcoin import BitcoinRpc, DirectStamper
-from anchoring.hooks import IpfsHook, PostgresAnchors, TimestampHook, checkpoint_bundle
+from anchoring.bitcoin import BitcoinRpc
+from anchoring.hooks import IpfsHook, PostgresAnchors, checkpoint_bundle
 from anchoring.ipfs import KuboClient
 from anchoring.publication import CheckpointEncoder
-from anchoring.worker import Worker
 from ledger.audit import Check, Finding
 from ledger.codec import EnvelopeCodec
 from ledger.config import Settings
@@ -49,13 +48,11 @@ from ledger.topics import TopicRole, topic_name
 from streams.provision import provision_topics
 from streams.publisher import Published, kafka_publisher
 from tests.integration.test_anchoring_worker import (
-    SHUTDOWN_TIMEOUT_S,
-    _alive,
     mixed_events,
     published_checkpoint,
-    until,
 )
 from tests.support import btcd, kubo
+from tests.support.anchoring import anchor_all, peer_hooks
 from tests.support.payments import lifecycle
 from tests.support.streams import REPO
 
@@ -134,16 +131,6 @@ def interleaved(count: int) -> list[Envelope]:
     return [events[step] for step in range(4) for events in payments]
 
 
-def anchored_count(settings: Settings) -> tuple[int, int]:
-    with pgstore.connect(settings.dsn(), settings.anchoring_schema) as connection:
-        row = connection.execute(
-            "SELECT (SELECT count(*) FROM checkpoints),"
-            " (SELECT count(*) FROM checkpoint_announcements)"
-        ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
 async def anchor(
     settings: Settings,
     btcd_node: Settings,
@@ -154,46 +141,14 @@ async def anchor(
 ) -> None:
     """Run the anchoring worker until every record is checkpointed, published and stamped."""
     if not peers:  # checkpoints only: nothing published on IPFS, nothing stamped
-        stop = asyncio.Event()
-        task = asyncio.create_task(Worker(settings, hooks=[]).run(stop))
-        try:
-            await until(
-                lambda: (c := published_checkpoint(settings)) is not None and c.size == total,
-                alive=lambda: _alive(task),
-            )
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S)
+        await anchor_all(settings, [], total)
         return
     with BitcoinRpc.from_settings(btcd_node) as rpc:
-        kubo_client = KuboClient.from_settings(settings)
-        anchors = PostgresAnchors(settings.dsn(), settings.anchoring_schema)
-        # The stamping wallet is btcd's mining address: the node's state dir holds its key.
-        stamper = DirectStamper.from_settings(btcd_node, rpc)
-        hooks = [
-            IpfsHook(kubo_client, anchors)
-            if alter is None
-            else AlteringIpfsHook(kubo_client, anchors, alter),
-            TimestampHook(
-                PostgresAnchors(settings.dsn(), settings.anchoring_schema), direct=stamper
-            ),
-        ]
-        stop = asyncio.Event()
-        task = asyncio.create_task(Worker(settings, hooks=hooks).run(stop))
-        try:
-            await until(
-                lambda: (c := published_checkpoint(settings)) is not None and c.size == total,
-                alive=lambda: _alive(task),
-            )
-            await until(
-                lambda: (counts := anchored_count(settings))[0] == counts[1],
-                alive=lambda: _alive(task),
-            )
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S)
-            for hook in hooks:
-                await hook.aclose()
+        lying = None
+        if alter is not None:
+            anchors = PostgresAnchors(settings.dsn(), settings.anchoring_schema)
+            lying = AlteringIpfsHook(KuboClient.from_settings(settings), anchors, alter)
+        await anchor_all(settings, peer_hooks(settings, btcd_node, rpc, ipfs=lying), total)
 
 
 Build = Callable[..., Awaitable[Ledger]]

@@ -36,12 +36,17 @@ def payment_event(
     before: PaymentStatus | None,
     after: PaymentStatus,
     postings: tuple[Posting, ...] = (),
+    *,
+    provider: Provider = Provider.STRIPE,
     now: datetime | None = None,
+    step: timedelta = timedelta(milliseconds=1),
+    event_id: str | None = None,
 ) -> Envelope:
+    """One payment event, recorded ``step`` times its sequence number after ``now``."""
     payload = PaymentEvent(
         payment_id=payment_id,
         merchant_id=merchant_id,
-        provider=Provider.STRIPE,
+        provider=provider,
         kind=kind,
         status_before=before,
         status_after=after,
@@ -55,7 +60,8 @@ def payment_event(
         producer="payledger/streams",
         payload=payload,
         # Now by default: the signing key must be valid when the event is recorded.
-        now=(now or datetime.now(UTC)) + timedelta(milliseconds=sequence),
+        now=(now or datetime.now(UTC)) + step * sequence,
+        event_id=event_id,
     )
 
 
@@ -79,7 +85,7 @@ def lifecycle(
     ) -> Envelope:
         postings = tuple(Posting(account, side, minor, currency) for account, side, minor in legs)
         return payment_event(
-            payment_id, merchant_id, amount, sequence, kind, before, after, postings, now
+            payment_id, merchant_id, amount, sequence, kind, before, after, postings, now=now
         )
 
     return [

@@ -25,7 +25,6 @@ from ledger.envelope import (
     PostingSide,
     Provider,
     derived_event_id,
-    new_envelope,
 )
 from ledger.keys import KeyRing
 from ledger.keystore import KeyStore
@@ -33,7 +32,7 @@ from ledger.payments.status import PaymentStatus as S
 from ledger.payments.transitions import is_allowed
 from ledger.signing import Signer
 from ledger.verify import Verifier
-from tests.support import events
+from tests.support import events, payments
 from tests.support.fakes import MemoryRegistry
 
 KEYS = "payledger.keys"
@@ -69,23 +68,18 @@ def payment_event(
     event_id: str | None = None,
 ) -> Envelope:
     provider, merchant, amount, _ = PAYMENTS_SETUP[payment_id]
-    payload = PaymentEvent(
-        payment_id=payment_id,
-        merchant_id=merchant,
+    return payments.payment_event(
+        payment_id,
+        merchant,
+        amount,
+        sequence,
+        kind,
+        before,
+        after,
+        postings,
         provider=provider,
-        kind=kind,
-        status_before=before,
-        status_after=after,
-        payment_amount=amount,
-        postings=postings,
-    )
-    return new_envelope(
-        event_type=f"payment.{kind.lower()}",
-        aggregate_id=payment_id,
-        sequence=sequence,
-        producer="payledger/streams",
-        payload=payload,
-        now=events.T0 + timedelta(seconds=sequence),
+        now=events.T0,
+        step=timedelta(seconds=1),
         event_id=eid(event_id or f"{payment_id}-event-{sequence}"),
     )
 
