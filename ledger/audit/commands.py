@@ -77,9 +77,14 @@ class _Bar:
         self._task: TaskID | None = None
 
     def stage(self, name: str, total: int | None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._total_of(self._task))
+        self.finish()
         self._task = self._progress.add_task(name, total=total)
+
+    def finish(self) -> None:
+        """Show the stage running as done (the next one started, or the audit ended)."""
+        if self._task is not None:
+            done = self._total_of(self._task)
+            self._progress.update(self._task, total=done, completed=done)
 
     def advance(self, count: int) -> None:
         if self._task is not None:
@@ -187,11 +192,13 @@ def verify(  # click passes every option by name
         console=errors,
         transient=False,
     ) as bar:
+        stages = _Bar(bar)
         report, balances, seconds = asyncio.run(
             _verify(
-                settings, options, _Bar(bar), projections=projections, scratch_schema=scratch_schema
+                settings, options, stages, projections=projections, scratch_schema=scratch_schema
             )
         )
+        stages.finish()
     document = report.to_json()
     document["balances"] = [] if balances is None else balances.to_json()
     document["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
@@ -285,7 +292,10 @@ def _print_summary(console: Console, report: Report) -> None:
     for error in report.errors:
         console.print(f"[yellow]NOT CHECKED[/yellow] {escape(error)}", highlight=False)
     if report.ok:
-        console.print("[green]verified: every check passed[/green]")
+        skipped = (
+            " (projections not compared)" if "projections_not_compared" in report.facts else ""
+        )
+        console.print(f"[green]verified: every check passed{skipped}[/green]")
     elif report.findings or report.findings_dropped:
         count = len(report.findings) + report.findings_dropped
         console.print(f"[red]{count:,} findings[/red]")
