@@ -140,6 +140,12 @@ class RecordIndex:
     def merge(self, other: RecordIndex) -> None:
         """Add every record of ``other`` (read from other partitions, or the same again)."""
         for (topic, partition), part in other._partitions.items():
+            if (topic, partition) not in self._partitions:
+                # A partition read by one worker only (the usual case): copied whole.
+                self._partitions[(topic, partition)] = _Partition(
+                    dict(part.rows), list(part.event_ids), bytearray(part.digests)
+                )
+                continue
             for offset, event_id, digest in part.entries():
                 self.add(topic, partition, offset, event_id, digest)
 

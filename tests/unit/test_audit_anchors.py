@@ -648,6 +648,16 @@ def test_record_index_merges_and_pickles(clean: Log) -> None:
     assert [offset for offset, _, _ in first.entries(TOPICS[0], 0)] == [0, 2, 4, 6, 8, 10]
 
 
+def test_a_merged_record_index_shares_nothing_with_its_source() -> None:
+    source = RecordIndex()
+    source.add(TOPICS[0], 0, 0, "a", sha256(b"a"))
+    merged = RecordIndex()
+    merged.merge(source)  # a partition merged has none: taken whole, as a copy
+    merged.add(TOPICS[0], 0, 1, "b", sha256(b"b"))
+    assert (len(merged), len(source)) == (2, 1)
+    assert source.get(TOPICS[0], 0, 1) is None
+
+
 def test_record_index_refuses_two_records_at_one_offset() -> None:
     index = RecordIndex()
     index.add(TOPICS[0], 0, 5, "a", sha256(b"a"))
