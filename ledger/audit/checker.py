@@ -88,7 +88,7 @@ class _Payment:
     highest_sequence: int = 0
 
 
-def _content_sha256(envelope: Envelope) -> bytes:
+def _fields_sha256(envelope: Envelope) -> bytes:
     """What an event says, hashed from its fields (any writer schema)."""
     # A PaymentEvent holds no mapping, so its repr is a deterministic text of
     # its values: equal events give equal digests.
@@ -130,7 +130,7 @@ def _string_end(data: bytes, position: int) -> int:
 
 
 def _content_bytes_sha256(decoded: Decoded, fingerprint: bytes) -> bytes:
-    """What an event says, hashed from its signed bytes: the fast form of ``_content_sha256``.
+    """What an event says, hashed from its signed bytes: the fast form of ``_fields_sha256``.
 
     Only for an envelope written with the current schema (``fingerprint``),
     whose fields come in this order: event_id, event_type, schema_version,
@@ -138,7 +138,7 @@ def _content_bytes_sha256(decoded: Decoded, fingerprint: bytes) -> bytes:
     correlation_id, causation_id, payload, signing_key_id, signature. The
     digest covers every byte but those of recorded_at, producer and
     signing_key_id (and the signature, empty in the signed bytes), so an event
-    signed again is the same event, as with ``_content_sha256``. Both forms
+    signed again is the same event, as with ``_fields_sha256``. Both forms
     are tagged: one event hashed both ways never compares equal by accident
     of form, only of content, and a payment's events all share one writer in
     practice; a mixed pair is at worst reported, never silently merged.
@@ -262,7 +262,7 @@ class LogChecker:
         start = len(SIGNING_CONTEXT)
         if decoded.signed_message[start : start + len(fingerprint)] == fingerprint:
             return _content_bytes_sha256(decoded, fingerprint)
-        return _content_sha256(decoded.envelope)
+        return _fields_sha256(decoded.envelope)
 
     def _payment_event(self, record: Record, decoded: Decoded, event: PaymentEvent) -> None:
         envelope = decoded.envelope
